@@ -1,0 +1,226 @@
+"""The vgen command line: thin click commands over the library."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import fleet, ports, project as projects, render, spec
+from .errors import VgenError
+from .fsutil import atomic_write_text
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {
+    "created": "green", "updated": "green", "unchanged": "dim",
+    "conflict": "yellow", "failed": "red",
+}
+
+
+class VgenGroup(click.Group):
+    """Turns a VgenError into `Error: ...` and exit code 1: never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VgenError as exc:
+            err_console.print(f"[red]Error:[/red] {exc}", markup=True, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=VgenGroup)
+@click.option("--project", "project_dir", type=click.Path(file_okay=False),
+              help="The template repository (default: found from here).")
+@click.version_option(package_name="vgen")
+@click.pass_context
+def main(ctx, project_dir):
+    """Stamp out and run a fleet of small vertical Flask + SQLite apps."""
+    ctx.obj = {"project_dir": project_dir}
+
+
+def get_project(ctx, out=None) -> projects.Project:
+    return projects.find_project(ctx.obj["project_dir"], out)
+
+
+@main.command()
+@click.argument("slug")
+@click.option("--name", help="Display name (default: the slug, capitalised).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps go (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def new(ctx, slug, name, out):
+    """Write a starter verticals/SLUG.toml, assign its port and generate the app."""
+    project = get_project(ctx, out)
+    path = write_starter_spec(project, slug, name)
+    console.print(f"Wrote {path.relative_to(project.root)}")
+    _generate(project, [slug], jobs=1)
+
+
+def write_starter_spec(project: projects.Project, slug: str, name: str | None) -> Path:
+    """The starter spec for a new vertical; refuses a bad slug or an existing file."""
+    if not spec.SLUG_RE.match(slug):
+        raise VgenError(f'slug "{slug}" must match ^[a-z][a-z0-9]{{1,30}}$ (a lower-case letter, then 1 to 30 lower-case letters or digits)')
+    path = project.spec_path(slug)
+    if path.exists():
+        raise VgenError(f"{path.relative_to(project.root)} already exists: edit it, then run vgen generate {slug}")
+    display = name or slug.capitalize()
+    text = STARTER.format(slug=slug, name=display.replace("\\", "\\\\").replace('"', '\\"'))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+    try:
+        spec.load_vertical(path, str(path.relative_to(project.root)))
+    except VgenError:
+        path.unlink()
+        raise
+    return path
+
+
+STARTER = '''\
+# The {name} vertical. Edit, then run: vgen generate {slug}
+# Field types: string text integer decimal boolean date datetime email url choice ref
+slug = "{slug}"
+name = "{name}"
+tagline = ""
+
+[[entities]]
+name = "customer"
+search = ["name", "email"]
+fields = [
+  {{ name = "name", type = "string", required = true, max_length = 80 }},
+  {{ name = "email", type = "email" }},
+  {{ name = "notes", type = "text" }},
+]
+
+[[entities]]
+name = "job"
+list = ["title", "customer", "due_on", "status"]
+search = ["title"]
+fields = [
+  {{ name = "title", type = "string", required = true, max_length = 120 }},
+  {{ name = "customer", type = "ref", to = "customer", on_delete = "restrict" }},
+  {{ name = "due_on", type = "date" }},
+  {{ name = "status", type = "choice", choices = ["open", "done"], default = "open" }},
+  {{ name = "price", type = "decimal", places = 2, min = 0 }},
+]
+'''
+
+
+@main.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every vertical in verticals/.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps go (default: apps/ or $VGEN_OUT).")
+@click.option("--jobs", "-j", type=click.IntRange(1, 256), help="Parallel workers (default: the number of cores).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.pass_context
+def generate(ctx, slugs, all_, out, jobs, dry_run):
+    """Create each app that is missing and update each that exists."""
+    if bool(slugs) == all_:
+        raise click.UsageError("name one or more verticals, or pass --all")
+    project = get_project(ctx, out)
+    if dry_run:
+        raise VgenError("--dry-run is not available yet")
+    outcomes = _generate(project, None if all_ else list(slugs), jobs)
+    if any(o.status in ("conflict", "failed") for o in outcomes):
+        sys.exit(1)
+
+
+def _generate(project: projects.Project, slugs, jobs) -> list[fleet.Outcome]:
+    dirty = render.uncommitted_template_changes(project.root)
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        err_console.print(
+            f"[yellow]Warning:[/yellow] uncommitted template changes are not used ({shown}): "
+            "apps are rendered from the last commit of the template", soft_wrap=True)
+    job_list, failures, new_ports = fleet.plan(project, slugs)
+    for slug, port in new_ports.items():
+        console.print(f"Assigned port {port} to {slug} in ports.toml")
+    outcomes = fleet.run(job_list, jobs) + failures
+    _print_outcomes(project, outcomes)
+    return outcomes
+
+
+def _print_outcomes(project, outcomes) -> None:
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("vertical", "port", "outcome", "details"):
+        table.add_column(column)
+    for o in outcomes:
+        details = o.message
+        if o.files:
+            shown = ", ".join(o.files[:6]) + (f" and {len(o.files) - 6} more" if len(o.files) > 6 else "")
+            details = f"{shown}{'; ' + o.message if o.message else ''}"
+        style = STATUS_STYLE.get(o.status, "")
+        table.add_row(o.slug, str(o.port or ""), f"[{style}]{o.status}[/{style}]", details)
+    console.print(table)
+    counts = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" in {project.out}")
+
+
+@main.command()
+@click.pass_context
+def check(ctx):
+    """Validate every spec and ports.toml; list every problem."""
+    project = get_project(ctx)
+    problems = projects.check(project)
+    if problems:
+        raise VgenError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", problems)
+    count = len(project.slugs())
+    console.print(f"{count} vertical{'s' if count != 1 else ''} and ports.toml are valid")
+
+
+@main.group("ports", invoke_without_command=True)
+@click.pass_context
+def ports_group(ctx):
+    """List the port registry (or check it)."""
+    if ctx.invoked_subcommand is None:
+        project = get_project(ctx)
+        registry = ports.load(project.ports_path)
+        slugs = set(project.slugs())
+        table = Table(show_edge=False, box=None, pad_edge=False)
+        for column in ("vertical", "port", "note"):
+            table.add_column(column)
+        for slug, port in sorted(registry.ports.items(), key=lambda item: item[1]):
+            table.add_row(slug, str(port), "" if slug in slugs else "no spec")
+        for slug in sorted(slugs - set(registry.ports)):
+            table.add_row(slug, "", "no port yet")
+        console.print(table)
+        console.print(f"range {registry.first}-{registry.last}, {len(registry.ports)} assigned")
+
+
+@ports_group.command("check")
+@click.pass_context
+def ports_check(ctx):
+    """Find duplicate, out-of-range or reserved ports, and verticals without one."""
+    project = get_project(ctx)
+    problems = ports.check(ports.load(project.ports_path), project.slugs())
+    if problems:
+        raise VgenError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in ports.toml", problems)
+    console.print("ports.toml is valid")
+
+
+@main.command()
+@click.argument("slug")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def serve(ctx, slug, out):
+    """Migrate, then run one generated app under gunicorn on its port."""
+    project = get_project(ctx, out)
+    app = project.app_dir(slug)
+    if not (app / "gunicorn.conf.py").is_file():
+        raise VgenError(f"{app} is not a generated app: run vgen generate {slug} first")
+    registry = ports.load(project.ports_path)
+    env = dict(os.environ)
+    env.setdefault("DATA_DIR", str(app / "instance"))
+    migrate = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env)
+    if migrate.returncode != 0:
+        raise VgenError(f"{slug}: flask --app app migrate failed; the app was not started")
+    console.print(f"Serving {slug} on http://127.0.0.1:{registry.ports.get(slug, '?')}/ (Ctrl-C stops)")
+    os.chdir(app)
+    os.execve(sys.executable, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)

@@ -1,0 +1,204 @@
+"""`vgen install`: lay each app and its deploy files under a root, as they sit under /.
+
+For a vertical `cheesemaking` generated in OUT/cheesemaking, install(["cheesemaking"],
+root, OUT) writes:
+
+    ROOT/srv/vgen/cheesemaking/                   the app (without instance/, .venv, .git)
+    ROOT/etc/systemd/system/cheesemaking.service  gunicorn under systemd
+    ROOT/etc/systemd/system/cheesemaking-backup.service   the nightly backup (oneshot)
+    ROOT/etc/cron.d/cheesemaking                  starts the backup unit each night
+    ROOT/etc/nginx/sites-available/cheesemaking.conf
+    ROOT/etc/nginx/sites-enabled/cheesemaking.conf -> ../sites-available/cheesemaking.conf
+
+Every file is written atomically and only when its content or mode differs, so a second
+run changes nothing. The app folder mirrors the generated app: files gone from the app
+are removed, but its .venv (made on the box) and instance/ (data) are never touched.
+The generated units, cron file and nginx site all use the /srv/vgen/<slug> layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VgenError
+
+APPS_DIR = Path("srv/vgen")  # under the root; the units' WorkingDirectory
+SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
+# Never copied from the generated app, never removed from the installed one.
+EXCLUDED = {"instance", ".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+# What an app needs when its pyproject.toml does not say.
+DEFAULT_REQUIREMENTS = ["flask", "flask-wtf", "wtforms", "email-validator", "gunicorn"]
+
+
+@dataclass(frozen=True)
+class Laid:
+    """One path install() manages, and what it did to it."""
+
+    path: Path  # absolute, under the root
+    status: str  # "created", "updated", "unchanged" or "removed"
+
+
+def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
+    """Lay each vertical's app, units, cron file and nginx site under root."""
+    root, out = Path(root), Path(out)
+    if root.exists() and not root.is_dir():
+        raise VgenError(f"--root {root} is not a folder")
+    if not slugs:
+        raise VgenError("no vertical to install: name one or more, or use --all")
+    apps = [_generated_app(slug, out) for slug in slugs]
+    laid: list[Laid] = []
+    for slug, app in zip(slugs, apps):
+        deploy = app / "deploy"
+        laid += _mirror(app, root / APPS_DIR / slug)
+        for source, target in (
+            (f"{slug}.service", f"etc/systemd/system/{slug}.service"),
+            (f"{slug}-backup.service", f"etc/systemd/system/{slug}-backup.service"),
+            # cron ignores /etc/cron.d files whose names contain a dot.
+            (f"{slug}.cron", f"etc/cron.d/{slug}"),
+            (f"{slug}.nginx.conf", f"etc/nginx/sites-available/{slug}.conf"),
+        ):
+            laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644))
+        laid.append(
+            _lay_symlink(
+                root / f"etc/nginx/sites-enabled/{slug}.conf",
+                f"../sites-available/{slug}.conf",
+            )
+        )
+    return laid
+
+
+def enable_commands(slugs: list[str], out: Path) -> list[str]:
+    """The commands, run as root on the box, that put installed verticals into service."""
+    commands = []
+    for slug in slugs:
+        home = Path("/") / APPS_DIR / slug
+        requirements = " ".join(shlex.quote(r) for r in _requirements(Path(out) / slug))
+        commands += [
+            f"test -x {home}/.venv/bin/python || python3 -m venv {home}/.venv",
+            f"{home}/.venv/bin/pip install --quiet {requirements}",
+        ]
+    commands.append("systemctl daemon-reload")
+    commands += [f"systemctl enable --now {slug}.service" for slug in slugs]
+    commands.append("nginx -t && systemctl reload nginx")
+    return commands
+
+
+def _generated_app(slug: str, out: Path) -> Path:
+    if not SLUG_RE.match(slug):
+        raise VgenError(f"{slug!r} is not a vertical slug (lower-case letter, then letters or digits)")
+    app = out / slug
+    if not (app / "app").is_dir():
+        raise VgenError(f"no generated app at {app}: run `vgen generate {slug}` first")
+    for name in (f"{slug}.service", f"{slug}-backup.service", f"{slug}.cron", f"{slug}.nginx.conf"):
+        if not (app / "deploy" / name).is_file():
+            raise VgenError(
+                f"{app} has no deploy/{name}: regenerate it with `vgen generate {slug}`"
+            )
+    return app
+
+
+def _requirements(app: Path) -> list[str]:
+    try:
+        project = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
+        return list(project["project"]["dependencies"]) or DEFAULT_REQUIREMENTS
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return DEFAULT_REQUIREMENTS
+
+
+def _excluded(name: str) -> bool:
+    return name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES)
+
+
+def _mirror(source: Path, target: Path) -> list[Laid]:
+    """Make target hold exactly source's files (minus the excluded ones)."""
+    laid = []
+    wanted: set[Path] = set()
+    for folder, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not _excluded(d))
+        rel = Path(folder).relative_to(source)
+        wanted.add(rel)
+        for name in sorted(files):
+            if _excluded(name):
+                continue
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise VgenError(f"{path} is a symbolic link: install copies plain files only")
+            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            wanted.add(rel / name)
+            laid.append(_lay_file(target / rel / name, path.read_bytes(), mode))
+    # Remove what the app no longer has, deepest first, leaving the excluded alone.
+    for folder, dirs, files in os.walk(target, topdown=False):
+        rel = Path(folder).relative_to(target)
+        if any(_excluded(part) for part in rel.parts):
+            continue
+        for name in files:
+            if not _excluded(name) and rel / name not in wanted:
+                (Path(folder) / name).unlink()
+                laid.append(Laid(Path(folder) / name, "removed"))
+        if rel not in wanted and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+            laid.append(Laid(Path(folder), "removed"))
+    return laid
+
+
+def _lay_file(path: Path, content: bytes, mode: int) -> Laid:
+    """Write path atomically unless it already holds content with mode."""
+    if path.is_file() and not path.is_symlink():
+        if (path.stat().st_mode & 0o777) == mode and path.read_bytes() == content:
+            return Laid(path, "unchanged")
+        status = "updated"
+    else:
+        status = "created"
+    _make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return Laid(path, status)
+
+
+def _lay_symlink(path: Path, target: str) -> Laid:
+    if path.is_symlink() and os.readlink(path) == target:
+        return Laid(path, "unchanged")
+    if path.exists() and not path.is_symlink():
+        raise VgenError(f"{path} exists and is not a symbolic link: move it away first")
+    status = "updated" if path.is_symlink() else "created"
+    _make_dirs(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return Laid(path, status)
+
+
+def _make_dirs(path: Path) -> None:
+    # 0755: the app's dynamic user and nginx (www-data) must read the app and its static files.
+    old = os.umask(0o022)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

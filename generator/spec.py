@@ -1,0 +1,754 @@
+"""Vertical specs: load ``verticals/<slug>.toml``, validate every rule, normalize.
+
+A spec is read into frozen dataclasses with every derived value filled in (labels,
+plurals, URLs, Python names, defaults), so the template never guesses and never repeats
+a rule. :func:`Vertical.answers` is the data copier receives (docs/template-data.md).
+
+Validation collects every problem of every spec before reporting; each message names the
+file, the entity, the field and the rule broken.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import keyword
+import re
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from .errors import VgenError
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+URL_RE = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
+
+TYPES = (
+    "string", "text", "integer", "decimal", "boolean", "date", "datetime",
+    "email", "url", "choice", "ref",
+)
+TEXT_LIKE = ("string", "text", "email", "url", "choice")
+# A record is shown by its title field: a value that reads as a name, not a number
+# needing formatting or a link needing a join.
+TITLE_TYPES = ("string", "text", "email", "url", "choice", "integer", "date", "datetime")
+ON_DELETE = ("restrict", "cascade", "set_null")
+
+COMMON_FIELD_KEYS = {"name", "type", "required", "unique", "default", "label", "help", "renamed_from"}
+TYPE_KEYS = {
+    "string": {"max_length"},
+    "integer": {"min", "max"},
+    "decimal": {"places", "min", "max"},
+    "choice": {"choices"},
+    "ref": {"to", "on_delete"},
+}
+SPEC_KEYS = {"slug", "name", "tagline", "domain", "entities"}
+ENTITY_KEYS = {"name", "label", "plural", "title_field", "list", "search", "fields", "renamed_from"}
+
+STRING_MAX_LENGTH = 200
+EMAIL_MAX_LENGTH = 254
+URL_MAX_LENGTH = 2000
+MAX_PLACES = 6
+# Decimals are stored as integers scaled by 10**places; keep them inside SQLite's int64.
+DECIMAL_LIMIT = Decimal(10) ** 12
+
+SYSTEM_COLUMNS = {"id", "account_id", "created_at", "updated_at"}
+# SQLite's own names for the row id, and names the generated forms already use.
+RESERVED_FIELDS = SYSTEM_COLUMNS | {"rowid", "oid", "csrf_token"}
+# The app's own tables.
+RESERVED_ENTITIES = {"account", "user", "login_attempt"}
+# Names an entity module must not take: the app package's own modules and folders, and
+# the names its modules import (an entity module called "session" would hide Flask's).
+APP_MODULES = {
+    "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "values", "forms",
+    "templates", "static", "tests", "flask", "werkzeug", "wtforms", "flask_wtf", "click",
+    "session", "request", "g", "flash", "redirect", "url_for", "abort", "render_template",
+    "current_app", "jsonify", "blueprint", "response", "markup", "os", "sys", "io", "csv",
+    "json", "re", "sqlite3", "datetime", "decimal", "time", "math", "secrets", "functools",
+    "pathlib", "hashlib", "shutil", "tempfile", "logging",
+}
+# The app's own URLs, which no entity's URL may take.
+APP_URLS = {"signup", "login", "logout", "account", "healthz", "static"}
+# Attributes of a WTForms form: a field attribute of that name would replace them.
+FORM_ATTRS = {
+    "data", "errors", "form_errors", "meta", "validate", "populate_obj", "process",
+    "hidden_tag", "is_submitted", "validate_on_submit", "extra_validators", "on_submit",
+    "submit", "Meta",
+}
+PY_NAMES = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    label: str
+    attr: str = ""
+    help: str = ""
+    required: bool = False
+    unique: bool = False
+    default: object = None
+    max_length: int | None = None
+    places: int | None = None
+    min: object = None
+    max: object = None
+    choices: tuple[str, ...] = ()
+    to: str | None = None
+    on_delete: str | None = None
+    renamed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    label: str
+    plural: str
+    plural_label: str
+    url: str
+    module: str
+    class_name: str
+    title_field: str | None
+    list: tuple[str, ...]
+    search: tuple[str, ...]
+    fields: tuple[Field, ...]
+    renamed_from: str | None = None
+
+    def field(self, name: str) -> Field:
+        return next(f for f in self.fields if f.name == name)
+
+
+@dataclass(frozen=True)
+class Vertical:
+    slug: str
+    name: str
+    path: Path
+    entities: tuple[Entity, ...]
+    tagline: str = ""
+    domain: str = ""
+
+    def entity(self, name: str) -> Entity:
+        return next(e for e in self.entities if e.name == name)
+
+    def answers(self, port: int) -> dict:
+        """The data copier renders this vertical from (docs/template-data.md)."""
+        modules = {e.name: e.module for e in self.entities}
+        entities = []
+        for e in self.entities:
+            referenced_by = [
+                {"entity": other.name, "module": other.module, "field": f.name, "on_delete": f.on_delete}
+                for other in self.entities
+                for f in other.fields
+                if f.type == "ref" and f.to == e.name
+            ]
+            fields = [
+                {
+                    "name": f.name, "attr": f.attr, "type": f.type, "label": f.label,
+                    "help": f.help, "required": f.required, "unique": f.unique,
+                    "default": f.default, "max_length": f.max_length, "places": f.places,
+                    "min": f.min, "max": f.max, "choices": list(f.choices), "to": f.to,
+                    "to_module": modules.get(f.to) if f.to else None,
+                    "on_delete": f.on_delete, "renamed_from": f.renamed_from,
+                }
+                for f in e.fields
+            ]
+            entities.append({
+                "name": e.name, "module": e.module, "class_name": e.class_name,
+                "label": e.label, "plural": e.plural, "plural_label": e.plural_label,
+                "url": e.url, "title_field": e.title_field, "list": list(e.list),
+                "search": list(e.search), "renamed_from": e.renamed_from,
+                "referenced_by": referenced_by, "fields": fields,
+            })
+        hour, minute = backup_time(self.slug)
+        return {
+            "slug": self.slug, "name": self.name, "tagline": self.tagline,
+            "domain": self.domain, "port": port,
+            "backup_hour": hour, "backup_minute": minute, "entities": entities,
+        }
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the normalized spec: changes when the app would."""
+        data = json.dumps(self.answers(0), sort_keys=True, default=str)
+        return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+def backup_time(slug: str) -> tuple[int, int]:
+    """The nightly backup's (hour, minute) for a slug: spread over 01:00-04:59, stable."""
+    n = int.from_bytes(hashlib.sha256(b"backup:" + slug.encode()).digest()[:4], "big")
+    slot = n % (4 * 60)
+    return 1 + slot // 60, slot % 60
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def load_vertical(path: Path, display: str | None = None) -> Vertical:
+    """Load and validate one spec; raise VgenError listing every problem in it."""
+    problems: list[str] = []
+    vertical = _load(Path(path), display or str(path), problems)
+    if problems:
+        raise VgenError(f"{display or path}: the spec is not valid", problems)
+    return vertical
+
+
+def load_verticals(directory: Path, root: Path | None = None) -> tuple[list[Vertical], list[str]]:
+    """Load every ``*.toml`` in ``directory``; return the valid ones and all problems."""
+    verticals, problems = [], []
+    for path in sorted(Path(directory).glob("*.toml")):
+        found: list[str] = []
+        vertical = _load(path, _display(path, root), found)
+        if found:
+            problems.extend(found)
+        elif vertical is not None:
+            verticals.append(vertical)
+    return verticals, problems
+
+
+def _display(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.resolve().relative_to(Path(root).resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _load(path: Path, display: str, problems: list[str]) -> Vertical | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{display}: cannot read the file ({exc})")
+        return None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{display}: TOML syntax error: {exc}")
+        return None
+    return _Validator(display, path.stem, problems).vertical(data)
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+class _Validator:
+    def __init__(self, display: str, stem: str, problems: list[str]):
+        self.display = display
+        self.stem = stem
+        self.problems = problems
+
+    def error(self, where: str, message: str) -> None:
+        self.problems.append(f"{self.display}: {where}{message}")
+
+    def unknown_keys(self, where: str, data: dict, allowed: set[str], what: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.error(where, f'unknown key "{key}" (allowed for {what}: {", ".join(sorted(allowed))})')
+
+    def text(self, where: str, data: dict, key: str, *, required=False, limit=200) -> str | None:
+        if key not in data:
+            if required:
+                self.error(where, f'"{key}" is required')
+            return None
+        value = data[key]
+        if not isinstance(value, str) or not value.strip():
+            self.error(where, f'"{key}" must be a non-empty string')
+            return None
+        if len(value) > limit:
+            self.error(where, f'"{key}" is longer than {limit} characters')
+            return None
+        return value.strip()
+
+    # The vertical ---------------------------------------------------------------------
+
+    def vertical(self, data: dict) -> Vertical | None:
+        start = len(self.problems)
+        self.unknown_keys("", data, SPEC_KEYS, "a vertical")
+        slug = data.get("slug")
+        if slug is None:
+            self.error("", '"slug" is required')
+        elif not isinstance(slug, str) or not SLUG_RE.match(slug):
+            self.error("", f'slug {slug!r} must match ^[a-z][a-z0-9]{{1,30}}$ (a lower-case letter, then 1 to 30 lower-case letters or digits)')
+        elif slug != self.stem:
+            self.error("", f'slug "{slug}" does not match the file name: name the file {slug}.toml')
+        name = self.text("", data, "name", required=True, limit=80)
+        tagline = self.text("", data, "tagline", limit=200) or ""
+        domain = ""
+        if "domain" in data:
+            domain = data["domain"]
+            if not isinstance(domain, str) or not DOMAIN_RE.match(domain.lower()):
+                self.error("", f"domain {domain!r} is not a valid host name")
+                domain = ""
+            domain = domain.lower()
+
+        raw_entities = data.get("entities")
+        if raw_entities is None:
+            self.error("", "at least one [[entities]] is required")
+            raw_entities = []
+        elif not isinstance(raw_entities, list) or not all(isinstance(e, dict) for e in raw_entities):
+            self.error("", "entities must be an array of tables ([[entities]])")
+            raw_entities = []
+        elif not raw_entities:
+            self.error("", "at least one [[entities]] is required")
+
+        names = [e.get("name") for e in raw_entities if isinstance(e.get("name"), str)]
+        entities = []
+        seen: set[str] = set()
+        for index, raw in enumerate(raw_entities):
+            entity = self.entity(raw, index, names, seen)
+            if entity is not None:
+                entities.append(entity)
+        if len(self.problems) > start:
+            return None
+        entities = self.assign_modules(entities)
+        self.check_urls(entities)
+        self.check_renames(entities)
+        self.check_required_ref_cycles(entities)
+        if len(self.problems) > start:
+            return None
+        return Vertical(slug=slug, name=name, path=Path(self.display), entities=tuple(entities),
+                        tagline=tagline, domain=domain)
+
+    # Entities -------------------------------------------------------------------------
+
+    def entity(self, raw: dict, index: int, names: list[str], seen: set[str]) -> Entity | None:
+        start = len(self.problems)
+        name = raw.get("name")
+        if name is None:
+            where = f"entity #{index + 1}: "
+            self.error(where, '"name" is required')
+            return None
+        where = f'entity "{name}": '
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            self.error(f"entity #{index + 1}: ", f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
+            return None
+        if name in seen:
+            self.error(where, "entity names must be unique in a vertical: it is defined twice")
+            return None
+        seen.add(name)
+        if name in RESERVED_ENTITIES or name.startswith(("app_", "sqlite_")):
+            self.error(where, f'"{name}" is reserved for the app\'s own tables (account, user, login_attempt, app_*, sqlite_*): choose another name, such as "{name}_record"')
+        self.unknown_keys(where, raw, ENTITY_KEYS, "an entity")
+
+        label = self.text(where, raw, "label", limit=60) or name.replace("_", " ").capitalize()
+        plural = self.text(where, raw, "plural", limit=60) or pluralize(name.replace("_", " "))
+        url = re.sub(r"[^a-z0-9]+", "-", plural.lower()).strip("-")
+        if not url:
+            self.error(where, f'plural "{plural}" gives no usable URL: use letters or digits')
+
+        raw_fields = raw.get("fields")
+        if raw_fields is None or raw_fields == []:
+            self.error(where, "at least one field is required")
+            raw_fields = []
+        elif not isinstance(raw_fields, list) or not all(isinstance(f, dict) for f in raw_fields):
+            self.error(where, "fields must be an array of tables ({ name = ..., type = ... })")
+            raw_fields = []
+        fields, field_names = [], set()
+        for findex, rf in enumerate(raw_fields):
+            f = self.field(name, rf, findex, names, field_names)
+            if f is not None:
+                fields.append(f)
+        fields = assign_attrs(fields)
+        by_name = {f.name: f for f in fields}
+
+        title_field = raw.get("title_field")
+        if title_field is not None:
+            if not isinstance(title_field, str) or title_field not in by_name:
+                if fields:
+                    self.error(where, f'title_field "{title_field}" is not a field of this entity (fields: {", ".join(by_name)})')
+                title_field = None
+            elif by_name[title_field].type not in TITLE_TYPES:
+                self.error(where, f'title_field "{title_field}" is a {by_name[title_field].type} field; choose a {", ".join(TITLE_TYPES)} field')
+        else:
+            title_field = default_title_field(fields)
+
+        list_fields = self.field_list(where, raw, "list", by_name, ())
+        if list_fields is None:
+            list_fields = default_list(fields, title_field)
+        search = self.field_list(where, raw, "search", by_name, TEXT_LIKE)
+        if search is None:
+            search = tuple(f.name for f in fields if f.type in ("string", "email"))[:3]
+
+        renamed_from = self.renamed_from(where, raw)
+        if len(self.problems) > start:
+            return None
+        return Entity(
+            name=name, label=label, plural=plural, plural_label=plural[:1].upper() + plural[1:],
+            url=url, module=name, class_name="".join(p.capitalize() for p in name.split("_") if p),
+            title_field=title_field, list=tuple(list_fields), search=tuple(search),
+            fields=tuple(fields), renamed_from=renamed_from,
+        )
+
+    def field_list(self, where, raw, key, by_name, types) -> tuple[str, ...] | None:
+        if key not in raw:
+            return None
+        value = raw[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(where, f'"{key}" must be a list of field names')
+            return ()
+        if key == "list" and not value:
+            self.error(where, '"list" must name at least one field')
+        if len(set(value)) != len(value):
+            self.error(where, f'"{key}" names a field twice')
+        for v in value:
+            if v not in by_name:
+                if by_name:
+                    self.error(where, f'{key} names unknown field "{v}" (fields: {", ".join(by_name)})')
+            elif types and by_name[v].type not in types:
+                self.error(where, f'{key} field "{v}" is a {by_name[v].type} field; search looks only in {", ".join(types)} fields')
+        return tuple(value)
+
+    def renamed_from(self, where, raw) -> str | None:
+        value = raw.get("renamed_from")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            self.error(where, f"renamed_from {value!r} must be an old name matching ^[a-z][a-z0-9_]{{0,39}}$")
+            return None
+        if value == raw.get("name"):
+            self.error(where, f'renamed_from "{value}" is the current name')
+            return None
+        return value
+
+    def assign_modules(self, entities: list[Entity]) -> list[Entity]:
+        taken = set(APP_MODULES)
+        result = []
+        for e in entities:
+            module = e.name
+            while module in taken or module in PY_NAMES:
+                module += "_"
+            taken.add(module)
+            result.append(_replace(e, module=module))
+        return result
+
+    def check_urls(self, entities: list[Entity]) -> None:
+        owner: dict[str, str] = {}
+        for e in entities:
+            where = f'entity "{e.name}": '
+            if e.url in APP_URLS:
+                self.error(where, f'its URL /{e.url}/ is one of the app\'s own ({", ".join(sorted(APP_URLS))}): set another "plural"')
+            elif e.url in owner:
+                self.error(where, f'its URL /{e.url}/ is also entity "{owner[e.url]}"\'s: give one of them another "plural"')
+            else:
+                owner[e.url] = e.name
+
+    def check_renames(self, entities: list[Entity]) -> None:
+        names = {e.name for e in entities}
+        for e in entities:
+            if e.renamed_from and e.renamed_from in names:
+                self.error(f'entity "{e.name}": ', f'renamed_from "{e.renamed_from}" is still an entity of this vertical')
+            fnames = {f.name for f in e.fields}
+            for f in e.fields:
+                if f.renamed_from and f.renamed_from in fnames:
+                    self.error(f'entity "{e.name}", field "{f.name}": ', f'renamed_from "{f.renamed_from}" is still a field of this entity')
+
+    def check_required_ref_cycles(self, entities: list[Entity]) -> None:
+        """A cycle of required refs means no first record can ever be saved."""
+        graph = {e.name: [f for f in e.fields if f.type == "ref" and f.required] for e in entities}
+
+        def path_back(start: str, node: str, trail: list[str], visited: set[str]) -> list[str] | None:
+            for f in graph.get(node, []):
+                step = trail + [f"{node}.{f.name}"]
+                if f.to == start:
+                    return step
+                if f.to not in visited:
+                    visited.add(f.to)
+                    found = path_back(start, f.to, step, visited)
+                    if found:
+                        return found
+            return None
+
+        reported: set[frozenset] = set()
+        for e in entities:
+            cycle = path_back(e.name, e.name, [], {e.name})
+            if cycle and frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                self.error(
+                    f'entity "{e.name}": ',
+                    f"required refs form a cycle ({' -> '.join(cycle)} -> {e.name}), so no first record could be saved: make one of them optional",
+                )
+
+    # Fields ---------------------------------------------------------------------------
+
+    def field(self, entity: str, raw: dict, index: int, entity_names: list[str], seen: set[str]) -> Field | None:
+        name = raw.get("name")
+        if name is None:
+            self.error(f'entity "{entity}", field #{index + 1}: ', '"name" is required')
+            return None
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            self.error(f'entity "{entity}", field #{index + 1}: ', f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
+            return None
+        where = f'entity "{entity}", field "{name}": '
+        if name in seen:
+            self.error(where, "field names must be unique in an entity: it is defined twice")
+            return None
+        seen.add(name)
+        start = len(self.problems)
+        if name in SYSTEM_COLUMNS:
+            self.error(where, f'"{name}" is a system column ({", ".join(sorted(SYSTEM_COLUMNS))}) that every record has already: choose another name')
+        elif name in RESERVED_FIELDS:
+            self.error(where, f'"{name}" is reserved ({", ".join(sorted(RESERVED_FIELDS - SYSTEM_COLUMNS))}): choose another name')
+
+        ftype = raw.get("type")
+        if ftype is None:
+            self.error(where, '"type" is required (one of: ' + ", ".join(TYPES) + ")")
+            return None
+        if ftype not in TYPES:
+            self.error(where, f'unknown type "{ftype}" (known: {", ".join(TYPES)})')
+            return None
+        allowed = COMMON_FIELD_KEYS | TYPE_KEYS.get(ftype, set())
+        for key in raw:
+            if key not in allowed:
+                owners = [t for t, keys in TYPE_KEYS.items() if key in keys]
+                if owners:
+                    self.error(where, f'"{key}" does not apply to a {ftype} field (only to {", ".join(owners)})')
+                else:
+                    self.error(where, f'unknown key "{key}" (allowed for a {ftype} field: {", ".join(sorted(allowed))})')
+
+        flags = {}
+        for key in ("required", "unique"):
+            value = raw.get(key, False)
+            if not isinstance(value, bool):
+                self.error(where, f'"{key}" must be true or false')
+                value = False
+            flags[key] = value
+        if ftype == "boolean":
+            for key in ("required", "unique"):
+                if raw.get(key):
+                    self.error(where, f'a boolean field cannot be {key}: it is always true or false (set "default" instead)')
+
+        label = self.text(where, raw, "label", limit=80) or name.replace("_", " ").capitalize()
+        help_text = self.text(where, raw, "help", limit=300) or ""
+        renamed_from = self.renamed_from(where, raw)
+
+        max_length = places = lo = hi = to = on_delete = None
+        choices: tuple[str, ...] = ()
+        if ftype == "string":
+            max_length = raw.get("max_length", STRING_MAX_LENGTH)
+            if not _is_int(max_length) or not 1 <= max_length <= 100_000:
+                self.error(where, f"max_length {max_length!r} must be a whole number from 1 to 100000")
+                max_length = STRING_MAX_LENGTH
+        elif ftype == "email":
+            max_length = EMAIL_MAX_LENGTH
+        elif ftype == "url":
+            max_length = URL_MAX_LENGTH
+        elif ftype == "decimal":
+            places = raw.get("places", 2)
+            if not _is_int(places) or not 0 <= places <= MAX_PLACES:
+                self.error(where, f"places {places!r} must be a whole number from 0 to {MAX_PLACES}")
+                places = 2
+        elif ftype == "choice":
+            raw_choices = raw.get("choices")
+            if raw_choices is None:
+                self.error(where, 'a choice field needs "choices", a non-empty list of strings')
+            elif (not isinstance(raw_choices, list) or not raw_choices
+                  or not all(isinstance(c, str) and c.strip() and len(c) <= 100 for c in raw_choices)):
+                self.error(where, '"choices" must be a non-empty list of non-empty strings (at most 100 characters each)')
+            elif len(set(raw_choices)) != len(raw_choices):
+                dupes = sorted({c for c in raw_choices if raw_choices.count(c) > 1})
+                self.error(where, f'"choices" must be unique: {", ".join(dupes)} appears more than once')
+            else:
+                choices = tuple(raw_choices)
+        elif ftype == "ref":
+            to = raw.get("to")
+            known = ", ".join(n for n in entity_names)
+            if to is None:
+                self.error(where, f'a ref field needs "to", the entity it points at (known: {known})')
+            elif to not in entity_names:
+                self.error(where, f'ref to unknown entity "{to}" (known: {known})')
+            on_delete = raw.get("on_delete", "restrict")
+            if on_delete not in ON_DELETE:
+                self.error(where, f'on_delete "{on_delete}" must be one of: {", ".join(ON_DELETE)}')
+                on_delete = "restrict"
+            elif on_delete == "set_null" and flags["required"]:
+                self.error(where, "on_delete = \"set_null\" needs an optional field, but it is required: use restrict or cascade")
+
+        if ftype in ("integer", "decimal"):
+            lo = self.bound(where, raw, "min", ftype, places)
+            hi = self.bound(where, raw, "max", ftype, places)
+            if lo is not None and hi is not None and lo > hi:
+                self.error(where, f"min ({raw['min']}) is greater than max ({raw['max']})")
+
+        default = None
+        if "default" in raw:
+            if ftype == "ref":
+                self.error(where, "a ref field cannot have a default")
+            else:
+                default = self.default(where, raw["default"], ftype, max_length, places, lo, hi, choices)
+        if ftype == "boolean" and default is None:
+            default = False
+        if len(self.problems) > start:
+            return None
+        if ftype == "decimal":
+            lo = None if lo is None else _fmt_decimal(lo, places)
+            hi = None if hi is None else _fmt_decimal(hi, places)
+        return Field(
+            name=name, type=ftype, label=label, help=help_text, required=flags["required"],
+            unique=flags["unique"], default=default, max_length=max_length, places=places,
+            min=lo, max=hi, choices=choices, to=to, on_delete=on_delete, renamed_from=renamed_from,
+        )
+
+    def bound(self, where, raw, key, ftype, places):
+        if key not in raw:
+            return None
+        value = raw[key]
+        if ftype == "integer":
+            if not _is_int(value) or abs(value) >= 2**63:
+                self.error(where, f"{key} {value!r} must be a whole number")
+                return None
+            return value
+        number = _decimal(value)
+        if number is None or abs(number) >= DECIMAL_LIMIT:
+            self.error(where, f"{key} {value!r} must be a number below 10^12")
+            return None
+        if _places_of(number) > places:
+            self.error(where, f"{key} {value!r} has more than {places} decimal places")
+            return None
+        return number
+
+    def default(self, where, value, ftype, max_length, places, lo, hi, choices):
+        """The default in its normalized form, or None after reporting why it is refused."""
+        def refuse(rule: str):
+            self.error(where, f"default {value!r} {rule}")
+            return None
+
+        if ftype in TEXT_LIKE:
+            if not isinstance(value, str):
+                return refuse(f"must be a string for a {ftype} field")
+            if max_length is not None and len(value) > max_length:
+                return refuse(f"is longer than max_length {max_length}")
+            if ftype == "email" and not EMAIL_RE.match(value):
+                return refuse("is not an email address")
+            if ftype == "url" and not URL_RE.match(value):
+                return refuse("is not an http(s) URL")
+            if ftype == "choice" and choices and value not in choices:
+                return refuse(f"is not one of the choices ({', '.join(choices)})")
+            return value
+        if ftype == "boolean":
+            return value if isinstance(value, bool) else refuse("must be true or false")
+        if ftype == "integer":
+            if not _is_int(value):
+                return refuse("must be a whole number")
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return refuse(f"is outside min/max ({_range(lo, hi)})")
+            return value
+        if ftype == "decimal":
+            number = _decimal(value)
+            if number is None:
+                return refuse("must be a number")
+            if _places_of(number) > places:
+                return refuse(f"has more than {places} decimal places")
+            if abs(number) >= DECIMAL_LIMIT:
+                return refuse("must be below 10^12")
+            if (lo is not None and number < lo) or (hi is not None and number > hi):
+                return refuse(f"is outside min/max ({_range(lo, hi)})")
+            return _fmt_decimal(number, places)
+        if ftype == "date":
+            if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+                return value.isoformat()
+            if isinstance(value, str):
+                try:
+                    return dt.date.fromisoformat(value).isoformat() if len(value) == 10 else refuse("must be a date such as 2024-01-31")
+                except ValueError:
+                    pass
+            return refuse("must be a date such as 2024-01-31")
+        if ftype == "datetime":
+            parsed = value
+            if isinstance(value, str):
+                try:
+                    parsed = dt.datetime.fromisoformat(value)
+                except ValueError:
+                    return refuse("must be a date and time such as 2024-01-31T08:30:00")
+            if not isinstance(parsed, dt.datetime):
+                return refuse("must be a date and time such as 2024-01-31T08:30:00")
+            if parsed.tzinfo is not None:
+                return refuse("must be a local date and time, without a UTC offset")
+            return parsed.replace(microsecond=0).isoformat()
+        return refuse(f"is not accepted for a {ftype} field")
+
+
+# --- derived names --------------------------------------------------------------------
+
+
+def pluralize(word: str) -> str:
+    """English plural of the last word, good enough for a default (the spec can say)."""
+    if re.search(r"[^aeiou]y$", word):
+        return word[:-1] + "ies"
+    if re.search(r"(s|x|z|ch|sh)$", word):
+        return word + "es"
+    return word + "s"
+
+
+def default_title_field(fields: list[Field]) -> str | None:
+    strings = [f for f in fields if f.type == "string"]
+    for f in strings:
+        if f.required and f.unique:
+            return f.name
+    if strings:
+        return strings[0].name
+    for f in fields:
+        if f.type in TITLE_TYPES:
+            return f.name
+    return None
+
+
+def default_list(fields: list[Field], title_field: str | None) -> tuple[str, ...]:
+    names = [title_field] if title_field else []
+    for f in fields:
+        if len(names) >= 4:
+            break
+        if f.name not in names and f.type != "text":
+            names.append(f.name)
+    if not names and fields:
+        names = [fields[0].name]
+    return tuple(names)
+
+
+def assign_attrs(fields: list[Field]) -> list[Field]:
+    """Python attribute names: the field name, with "_" added while it would clash."""
+    taken: set[str] = set()
+    result = []
+    for f in fields:
+        attr = f.name
+        while attr in taken or attr in FORM_ATTRS or keyword.iskeyword(attr) or attr.startswith("validate_"):
+            attr += "_"
+        taken.add(attr)
+        result.append(_replace(f, attr=attr))
+    return result
+
+
+def _replace(obj, **changes):
+    return dataclasses.replace(obj, **changes)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decimal(value) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _places_of(number: Decimal) -> int:
+    exponent = number.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def _fmt_decimal(number: Decimal, places: int) -> str:
+    return f"{number:.{places}f}"
+
+
+def _range(lo, hi) -> str:
+    return f"{'' if lo is None else lo}..{'' if hi is None else hi}"

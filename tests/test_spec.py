@@ -1,0 +1,336 @@
+"""Spec validation: every rule, with a bad input and its exact message."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from generator import spec
+from generator.errors import VgenError
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = '''
+slug = "shop"
+name = "Shop"
+
+[[entities]]
+name = "item"
+fields = [
+  { name = "title", type = "string", required = true },
+]
+'''
+
+
+def write(tmp_path, text, stem="shop"):
+    folder = tmp_path / "verticals"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{stem}.toml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(tmp_path, text, stem="shop"):
+    write(tmp_path, text, stem)
+    verticals, problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    return problems
+
+
+def entity_spec(fields, extra=""):
+    return f'''
+slug = "shop"
+name = "Shop"
+
+[[entities]]
+name = "item"
+{extra}
+fields = [
+{fields}
+]
+
+[[entities]]
+name = "box"
+plural = "boxes"
+fields = [{{ name = "label", type = "string" }}]
+'''
+
+
+F = 'verticals/shop.toml: entity "item", field '
+E = 'verticals/shop.toml: entity "item": '
+
+FIELD_CASES = [
+    # (fields, expected message)
+    ('{ name = "room", type = "ref", to = "boks" }',
+     F + '"room": ref to unknown entity "boks" (known: item, box)'),
+    ('{ name = "title", type = "string", requried = true }',
+     F + '"title": unknown key "requried" (allowed for a string field: default, help, label, max_length, name, renamed_from, required, type, unique)'),
+    ('{ name = "n", type = "integer", max_length = 3 }',
+     F + '"n": "max_length" does not apply to a integer field (only to string)'),
+    ('{ name = "n", type = "number" }',
+     F + '"n": unknown type "number" (known: string, text, integer, decimal, boolean, date, datetime, email, url, choice, ref)'),
+    ('{ name = "n" }',
+     F + '"n": "type" is required (one of: string, text, integer, decimal, boolean, date, datetime, email, url, choice, ref)'),
+    ('{ name = "n", type = "integer", min = 5, max = 1 }',
+     F + '"n": min (5) is greater than max (1)'),
+    ('{ name = "n", type = "decimal", places = 1, min = 0.25 }',
+     F + '"n": min 0.25 has more than 1 decimal places'),
+    ('{ name = "n", type = "integer", default = "x" }',
+     F + '"n": default \'x\' must be a whole number'),
+    ('{ name = "n", type = "integer", min = 1, default = 0 }',
+     F + '"n": default 0 is outside min/max (1..)'),
+    ('{ name = "n", type = "string", max_length = 3, default = "long" }',
+     F + '"n": default \'long\' is longer than max_length 3'),
+    ('{ name = "c", type = "choice", choices = ["a", "b"], default = "z" }',
+     F + '"c": default \'z\' is not one of the choices (a, b)'),
+    ('{ name = "c", type = "choice", choices = [] }',
+     F + '"c": "choices" must be a non-empty list of non-empty strings (at most 100 characters each)'),
+    ('{ name = "c", type = "choice", choices = ["a", "a"] }',
+     F + '"c": "choices" must be unique: a appears more than once'),
+    ('{ name = "c", type = "choice" }',
+     F + '"c": a choice field needs "choices", a non-empty list of strings'),
+    ('{ name = "e", type = "email", default = "nope" }',
+     F + '"e": default \'nope\' is not an email address'),
+    ('{ name = "u", type = "url", default = "ftp://x" }',
+     F + '"u": default \'ftp://x\' is not an http(s) URL'),
+    ('{ name = "d", type = "date", default = "31/01/2024" }',
+     F + '"d": default \'31/01/2024\' must be a date such as 2024-01-31'),
+    ('{ name = "t", type = "datetime", default = 2024-01-31T08:00:00Z }',
+     F + '"t": default datetime.datetime(2024, 1, 31, 8, 0, tzinfo=datetime.timezone.utc) must be a local date and time, without a UTC offset'),
+    ('{ name = "b", type = "boolean", required = true }',
+     F + '"b": a boolean field cannot be required: it is always true or false (set "default" instead)'),
+    ('{ name = "b", type = "boolean", default = "yes" }',
+     F + '"b": default \'yes\' must be true or false'),
+    ('{ name = "r", type = "ref", to = "box", default = 1 }',
+     F + '"r": a ref field cannot have a default'),
+    ('{ name = "r", type = "ref", to = "box", on_delete = "nothing" }',
+     F + '"r": on_delete "nothing" must be one of: restrict, cascade, set_null'),
+    ('{ name = "r", type = "ref", to = "box", required = true, on_delete = "set_null" }',
+     F + '"r": on_delete = "set_null" needs an optional field, but it is required: use restrict or cascade'),
+    ('{ name = "r", type = "ref" }',
+     F + '"r": a ref field needs "to", the entity it points at (known: item, box)'),
+    ('{ name = "id", type = "integer" }',
+     F + '"id": "id" is a system column (account_id, created_at, id, updated_at) that every record has already: choose another name'),
+    ('{ name = "created_at", type = "datetime" }',
+     F + '"created_at": "created_at" is a system column (account_id, created_at, id, updated_at) that every record has already: choose another name'),
+    ('{ name = "csrf_token", type = "string" }',
+     F + '"csrf_token": "csrf_token" is reserved (csrf_token, oid, rowid): choose another name'),
+    ('{ name = "Title", type = "string" }',
+     'verticals/shop.toml: entity "item", field #1: name \'Title\' must match ^[a-z][a-z0-9_]{0,39}$'),
+    ('{ name = "a", type = "string" },\n{ name = "a", type = "text" }',
+     F + '"a": field names must be unique in an entity: it is defined twice'),
+    ('{ name = "s", type = "string", max_length = 0 }',
+     F + '"s": max_length 0 must be a whole number from 1 to 100000'),
+    ('{ name = "n", type = "decimal", places = 9 }',
+     F + '"n": places 9 must be a whole number from 0 to 6'),
+    ('{ name = "s", type = "string", required = "yes" }',
+     F + '"s": "required" must be true or false'),
+    ('{ name = "s", type = "string", renamed_from = "s" }',
+     F + '"s": renamed_from "s" is the current name'),
+    ('{ name = "s", type = "string", renamed_from = "t" },\n{ name = "t", type = "string" }',
+     F + '"s": renamed_from "t" is still a field of this entity'),
+]
+
+
+@pytest.mark.parametrize("fields, message", FIELD_CASES)
+def test_field_rules(tmp_path, fields, message):
+    assert problems_of(tmp_path, entity_spec(fields)) == [message]
+
+
+ENTITY_CASES = [
+    ('list = ["nope"]', E + 'list names unknown field "nope" (fields: title, notes)'),
+    ('search = ["title", "count"]', None),  # count does not exist: covered below
+    ('search = ["notes", "n"]', E + 'search names unknown field "n" (fields: title, notes)'),
+    ('title_field = "nope"', E + 'title_field "nope" is not a field of this entity (fields: title, notes)'),
+    ('colour = "red"', E + 'unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title_field)'),
+    ('list = []', E + '"list" must name at least one field'),
+    ('plural = "!!!"', E + 'plural "!!!" gives no usable URL: use letters or digits'),
+    ('plural = "logins"', None),
+]
+
+
+@pytest.mark.parametrize("extra, message", [c for c in ENTITY_CASES if c[1]])
+def test_entity_rules(tmp_path, extra, message):
+    fields = '{ name = "title", type = "string" },\n{ name = "notes", type = "text" }'
+    assert problems_of(tmp_path, entity_spec(fields, extra)) == [message]
+
+
+def test_search_only_text_like_fields(tmp_path):
+    fields = '{ name = "title", type = "string" },\n{ name = "count", type = "integer" }'
+    assert problems_of(tmp_path, entity_spec(fields, 'search = ["count"]')) == [
+        E + 'search field "count" is a integer field; search looks only in string, text, email, url, choice fields'
+    ]
+
+
+def test_title_field_must_read_as_a_name(tmp_path):
+    fields = '{ name = "title", type = "string" },\n{ name = "box", type = "ref", to = "box" }'
+    assert problems_of(tmp_path, entity_spec(fields, 'title_field = "box"')) == [
+        E + 'title_field "box" is a ref field; choose a string, text, email, url, choice, integer, date, datetime field'
+    ]
+
+
+VERTICAL_CASES = [
+    ('slug = "shop"\nname = "Shop"\n', ["verticals/shop.toml: at least one [[entities]] is required"]),
+    ('slug = "shop"\nname = "Shop"\nentities = []\n', ["verticals/shop.toml: at least one [[entities]] is required"]),
+    ('name = "Shop"\n' + GOOD.split('name = "Shop"')[1], ['verticals/shop.toml: "slug" is required']),
+    ('slug = "shop"\n' + GOOD.split('name = "Shop"')[1], ['verticals/shop.toml: "name" is required']),
+    (GOOD.replace('slug = "shop"', 'slug = "store"'),
+     ['verticals/shop.toml: slug "store" does not match the file name: name the file store.toml']),
+    (GOOD + 'colour = "red"\n',
+     # a key after [[entities]] belongs to the entity
+     ['verticals/shop.toml: entity "item": unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title_field)']),
+    ('colour = "red"\n' + GOOD,
+     ['verticals/shop.toml: unknown key "colour" (allowed for a vertical: domain, entities, name, slug, tagline)']),
+    (GOOD.replace('name = "Shop"', 'name = "Shop"\ndomain = "not a host"'),
+     ["verticals/shop.toml: domain 'not a host' is not a valid host name"]),
+    (GOOD + '\n[[entities]]\nname = "item"\nfields = [{ name = "x", type = "text" }]\n',
+     ['verticals/shop.toml: entity "item": entity names must be unique in a vertical: it is defined twice']),
+    (GOOD + '\n[[entities]]\nname = "user"\nfields = [{ name = "x", type = "text" }]\n',
+     ['verticals/shop.toml: entity "user": "user" is reserved for the app\'s own tables (account, user, login_attempt, app_*, sqlite_*): choose another name, such as "user_record"']),
+    (GOOD + '\n[[entities]]\nname = "empty"\n',
+     ['verticals/shop.toml: entity "empty": at least one field is required']),
+    (GOOD + '\n[[entities]]\nname = "login"\nplural = "login"\nfields = [{ name = "x", type = "text" }]\n',
+     ['verticals/shop.toml: entity "login": its URL /login/ is one of the app\'s own (account, healthz, login, logout, signup, static): set another "plural"']),
+    (GOOD + '\n[[entities]]\nname = "items"\nplural = "items"\nfields = [{ name = "x", type = "text" }]\n',
+     ['verticals/shop.toml: entity "items": its URL /items/ is also entity "item"\'s: give one of them another "plural"']),
+    (GOOD + '\n[[entities]]\nname = "node"\nfields = [{ name = "parent", type = "ref", to = "node", required = true }]\n',
+     ['verticals/shop.toml: entity "node": required refs form a cycle (node.parent -> node), so no first record could be saved: make one of them optional']),
+    (GOOD + '\n[[entities]]\nname = "a"\nfields = [{ name = "b", type = "ref", to = "b", required = true }]\n'
+     '\n[[entities]]\nname = "b"\nfields = [{ name = "a", type = "ref", to = "a", required = true }]\n',
+     ['verticals/shop.toml: entity "a": required refs form a cycle (a.b -> b.a -> a), so no first record could be saved: make one of them optional']),
+]
+
+
+@pytest.mark.parametrize("text, expected", VERTICAL_CASES)
+def test_vertical_rules(tmp_path, text, expected):
+    assert problems_of(tmp_path, text) == expected
+
+
+def test_bad_slug_is_named(tmp_path):
+    assert problems_of(tmp_path, GOOD.replace('"shop"', '"Shop-1"'), stem="Shop-1") == [
+        "verticals/Shop-1.toml: slug 'Shop-1' must match ^[a-z][a-z0-9]{1,30}$ (a lower-case letter, then 1 to 30 lower-case letters or digits)"
+    ]
+
+
+def test_toml_syntax_error_shows_the_line(tmp_path):
+    problems = problems_of(tmp_path, GOOD.replace('name = "Shop"', 'name = "Shop'))
+    assert len(problems) == 1
+    assert problems[0].startswith("verticals/shop.toml: TOML syntax error:")
+    assert "line 3" in problems[0]
+
+
+def test_every_problem_of_every_spec_is_reported(tmp_path):
+    write(tmp_path, entity_spec('{ name = "a", type = "strin" },\n{ name = "b", type = "integer", min = 2, max = 1 }'))
+    write(tmp_path, GOOD.replace('"shop"', '"other"').replace('required = true', 'requried = true'), stem="other")
+    _, problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    assert len(problems) == 3
+    assert any("other.toml" in p and "requried" in p for p in problems)
+    assert any("shop.toml" in p and '"strin"' in p for p in problems)
+    assert any("shop.toml" in p and "min (2) is greater than max (1)" in p for p in problems)
+
+
+def test_load_vertical_raises_with_every_problem(tmp_path):
+    path = write(tmp_path, entity_spec('{ name = "a", type = "strin" },\n{ name = "id", type = "text" }'))
+    with pytest.raises(VgenError) as info:
+        spec.load_vertical(path, "verticals/shop.toml")
+    assert len(info.value.problems) == 2
+
+
+def test_examples_are_valid():
+    verticals, problems = spec.load_verticals(REPO / "verticals", REPO)
+    assert problems == []
+    assert sorted(v.slug for v in verticals) == ["cheesemaking", "childmilestone", "coachboard", "honeybees", "shiftfill"]
+    for v in verticals:
+        assert 3 <= len(v.entities) <= 6
+        assert any(f.type == "ref" for e in v.entities for f in e.fields)
+
+
+def test_normalization(tmp_path):
+    write(tmp_path, '''
+slug = "shop"
+name = "Shop"
+
+[[entities]]
+name = "aging_room"
+fields = [
+  { name = "from", type = "string", required = true, unique = true },
+  { name = "data", type = "text" },
+  { name = "temp", type = "decimal", places = 1, min = -5, max = 30, default = 12 },
+  { name = "on", type = "date", default = 2024-01-31 },
+  { name = "flag", type = "boolean" },
+]
+
+[[entities]]
+name = "class"
+plural = "classes"
+fields = [{ name = "room", type = "ref", to = "aging_room" }]
+''')
+    (v,), problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    assert problems == []
+    room, klass = v.entities
+    assert (room.label, room.plural, room.url, room.module, room.class_name) == (
+        "Aging room", "aging rooms", "aging-rooms", "aging_room", "AgingRoom")
+    assert room.title_field == "from"
+    assert [f.attr for f in room.fields] == ["from_", "data_", "temp", "on", "flag"]
+    temp = room.field("temp")
+    assert (temp.min, temp.max, temp.default, temp.places) == ("-5.0", "30.0", "12.0", 1)
+    assert room.field("on").default == "2024-01-31"
+    assert room.field("flag").default is False
+    assert room.field("from").max_length == 200
+    assert klass.module == "class_" and klass.url == "classes"
+    room_ref = klass.field("room")
+    assert room_ref.on_delete == "restrict"
+    answers = v.answers(8123)
+    assert answers["port"] == 8123
+    assert answers["entities"][0]["referenced_by"] == [
+        {"entity": "class", "module": "class_", "field": "room", "on_delete": "restrict"}]
+    assert answers["entities"][1]["fields"][0]["to_module"] == "aging_room"
+    assert 1 <= answers["backup_hour"] <= 4 and 0 <= answers["backup_minute"] <= 59
+
+
+@pytest.mark.parametrize("name, module", [
+    ("session", "session_"), ("db", "db_"), ("type", "type_"), ("order", "order"), ("import", "import_"),
+])
+def test_entity_modules_avoid_clashes(tmp_path, name, module):
+    text = f'slug = "shop"\nname = "Shop"\n[[entities]]\nname = "{name}"\nplural = "{name} records"\nfields = [{{ name = "x", type = "string" }}]\n'
+    (v,), problems = spec.load_verticals(write(tmp_path, text).parent, tmp_path)
+    assert v.entities[0].module == module
+
+
+def test_fingerprint_follows_the_spec(tmp_path):
+    path = write(tmp_path, GOOD)
+    first = spec.load_vertical(path).fingerprint()
+    assert spec.load_vertical(path).fingerprint() == first
+    path.write_text(GOOD.replace("required = true", "required = false"))
+    assert spec.load_vertical(path).fingerprint() != first
+
+
+def test_decimal_defaults_are_exact(tmp_path):
+    path = write(tmp_path, entity_spec('{ name = "p", type = "decimal", places = 2, default = 12.3 }'))
+    field = spec.load_vertical(path).entity("item").field("p")
+    assert field.default == "12.30" and Decimal(field.default) == Decimal("12.3")
+
+
+def test_backup_times_differ_and_are_stable():
+    times = {slug: spec.backup_time(slug) for slug in ("cheesemaking", "honeybees", "shiftfill")}
+    assert times == {slug: spec.backup_time(slug) for slug in times}
+    assert len(set(times.values())) == 3
+
+
+# Any TOML document at all gets problems, never a traceback.
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+    st.text(max_size=8), st.sampled_from(spec.TYPES + ("item", "box", "restrict", "set_null")),
+)
+keys = st.sampled_from(sorted(spec.SPEC_KEYS | spec.ENTITY_KEYS | spec.COMMON_FIELD_KEYS
+                              | {"max_length", "places", "min", "max", "choices", "to", "on_delete", "x"}))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(keys, values, max_size=6))
+def test_any_document_gives_problems_not_a_traceback(data):
+    problems = []
+    spec._Validator("verticals/shop.toml", "shop", problems).vertical(data)
+    assert all(p.startswith("verticals/shop.toml: ") for p in problems)
