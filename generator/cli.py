@@ -9,9 +9,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import fleet, ports, project as projects, render, spec
+from . import install as install_mod, status as status_mod
 from .errors import VgenError
 from .fsutil import atomic_write_text
 
@@ -31,7 +34,7 @@ class VgenGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VgenError as exc:
-            err_console.print(f"[red]Error:[/red] {exc}", markup=True, soft_wrap=True)
+            err_console.print(f"[red]Error:[/red] {escape(str(exc))}", soft_wrap=True)
             sys.exit(1)
 
 
@@ -117,50 +120,80 @@ fields = [
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps go (default: apps/ or $VGEN_OUT).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 256), help="Parallel workers (default: the number of cores).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--diff", "show_diff", is_flag=True, help="With --dry-run: the full diff, not only the files.")
 @click.pass_context
-def generate(ctx, slugs, all_, out, jobs, dry_run):
-    """Create each app that is missing and update each that exists."""
+def generate(ctx, slugs, all_, out, jobs, dry_run, show_diff):
+    """Create each app that is missing and update each that exists.
+
+    Hand edits are kept (a three-way merge); a vertical that would conflict or fail is
+    left exactly as it was. The exit code is 1 when any vertical conflicts or fails.
+    """
     if bool(slugs) == all_:
         raise click.UsageError("name one or more verticals, or pass --all")
     project = get_project(ctx, out)
+    outcomes = _generate(project, None if all_ else list(slugs), jobs, dry_run)
     if dry_run:
-        raise VgenError("--dry-run is not available yet")
-    outcomes = _generate(project, None if all_ else list(slugs), jobs)
+        for o in outcomes:
+            if o.diff:
+                console.rule(o.slug)
+                text = o.diff if show_diff else o.diff.split("diff --git", 1)[0]
+                console.print(text.rstrip(), markup=False, highlight=False)
     if any(o.status in ("conflict", "failed") for o in outcomes):
         sys.exit(1)
 
 
-def _generate(project: projects.Project, slugs, jobs) -> list[fleet.Outcome]:
+def _generate(project: projects.Project, slugs, jobs, dry_run=False) -> list[fleet.Outcome]:
     dirty = render.uncommitted_template_changes(project.root)
     if dirty:
         shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
         err_console.print(
-            f"[yellow]Warning:[/yellow] uncommitted template changes are not used ({shown}): "
+            f"[yellow]Warning:[/yellow] uncommitted template changes are not used ({escape(shown)}): "
             "apps are rendered from the last commit of the template", soft_wrap=True)
-    job_list, failures, new_ports = fleet.plan(project, slugs)
+    job_list, failures, new_ports = fleet.plan(project, slugs, dry_run=dry_run)
     for slug, port in new_ports.items():
-        console.print(f"Assigned port {port} to {slug} in ports.toml")
-    outcomes = fleet.run(job_list, jobs) + failures
-    _print_outcomes(project, outcomes)
+        verb = "Would assign" if dry_run else "Assigned"
+        console.print(f"{verb} port {port} to {slug} in ports.toml")
+    if len(job_list) > 1 and console.is_terminal:
+        # No auto-refresh: a refresh thread must not run while fleet.run forks workers.
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True, auto_refresh=False) as progress:
+            task = progress.add_task("generating", total=len(job_list))
+
+            def advance(outcome):
+                progress.update(task, advance=1, description=f"{outcome.slug} {outcome.status}")
+                progress.refresh()
+
+            outcomes = fleet.run(job_list, jobs, on_done=advance)
+    else:
+        outcomes = fleet.run(job_list, jobs)
+    outcomes += failures
+    _print_outcomes(project, outcomes, dry_run)
     return outcomes
 
 
-def _print_outcomes(project, outcomes) -> None:
+def _print_outcomes(project, outcomes, dry_run=False) -> None:
     table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("vertical", "port", "outcome", "details"):
-        table.add_column(column)
+    for column in ("vertical", "port", "outcome", "files"):
+        table.add_column(column, overflow="fold")
     for o in outcomes:
-        details = o.message
-        if o.files:
-            shown = ", ".join(o.files[:6]) + (f" and {len(o.files) - 6} more" if len(o.files) > 6 else "")
-            details = f"{shown}{'; ' + o.message if o.message else ''}"
+        shown = ", ".join(o.files[:6]) + (f" and {len(o.files) - 6} more" if len(o.files) > 6 else "")
+        if o.status == "conflict":
+            shown += f" ({o.message})"
         style = STATUS_STYLE.get(o.status, "")
-        table.add_row(o.slug, str(o.port or ""), f"[{style}]{o.status}[/{style}]", details)
+        status = ("would be " if dry_run and o.status in ("created", "updated") else "") + o.status
+        table.add_row(o.slug, str(o.port or ""), f"[{style}]{status}[/{style}]", escape(shown))
     console.print(table)
-    counts = {}
+    reasons: dict[str, list[str]] = {}
+    for o in outcomes:
+        if o.status == "failed":
+            reasons.setdefault(o.message, []).append(o.slug)
+    for reason, slugs in reasons.items():
+        console.print(f"[red]failed[/red] ({', '.join(slugs)}): {escape(reason)}", soft_wrap=True)
+    counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" in {project.out}")
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    console.print(f"{summary} in {project.out}" + (" (dry run: nothing written)" if dry_run else ""))
 
 
 @main.command()
@@ -203,6 +236,50 @@ def ports_check(ctx):
     if problems:
         raise VgenError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in ports.toml", problems)
     console.print("ports.toml is valid")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def status(ctx, out):
+    """One row per vertical: port, template version, drift, health, last good backup."""
+    project = get_project(ctx, out)
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("vertical", "port", "template", "spec", "hand edits", "health", "last backup"):
+        table.add_column(column)
+    yes_no = {True: "yes", False: "no", None: "-"}
+    for row in status_mod.status(project):
+        template = row.template or "[yellow]not generated[/yellow]"
+        if row.template and not row.template_current:
+            template = f"[yellow]{row.template} (behind)[/yellow]"
+        spec_state = {True: "[yellow]changed[/yellow]", False: "same", None: "-"}[row.spec_changed]
+        health = "[green]ok[/green]" if row.health == "ok" else f"[red]{row.health}[/red]"
+        table.add_row(row.slug, str(row.port or "-"), template, spec_state, yes_no[row.hand_edits],
+                      health, row.last_backup or "-")
+    console.print(table)
+
+
+@main.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every vertical in verticals/.")
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="Where to lay the files, as they would sit under / (use / on the box itself).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def install(ctx, slugs, all_, root, out):
+    """Lay each app with its systemd units, cron file and nginx site under ROOT."""
+    if bool(slugs) == all_:
+        raise click.UsageError("name one or more verticals, or pass --all")
+    project = get_project(ctx, out)
+    chosen = project.slugs() if all_ else list(slugs)
+    laid = install_mod.install(chosen, Path(root), project.out)
+    changed = [item for item in laid if item.status != "unchanged"]
+    for item in changed:
+        console.print(f"{item.status:9} {escape(str(item.path))}")
+    console.print(f"{len(changed)} paths changed, {len(laid) - len(changed)} unchanged under {escape(str(root))}")
+    console.print("To put them into service, run as root on the box:")
+    for command in install_mod.enable_commands(chosen, project.out):
+        console.print(f"  {escape(command)}", soft_wrap=True)
 
 
 @main.command()

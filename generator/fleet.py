@@ -8,6 +8,7 @@ committed aside on the app's ``vgen/conflict`` branch for the user to inspect.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -23,6 +24,7 @@ from .errors import VgenError
 from .project import Project
 
 CONFLICT_BRANCH = "vgen/conflict"
+TEMPLATE_BRANCH = "vgen/template"
 
 
 @dataclass
@@ -32,7 +34,8 @@ class Outcome:
     files: list[str] = field(default_factory=list)
     message: str = ""
     port: int | None = None
-    new_port: bool = False
+    diff: str = ""
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,13 @@ class Job:
     fingerprint: str
     answers: dict
     app_dir: Path
+    dry_run: bool = False
 
 
-def plan(project: Project, slugs: list[str] | None) -> tuple[list[Job], list[Outcome], dict[str, int]]:
+def plan(project: Project, slugs: list[str] | None, dry_run: bool = False) -> tuple[list[Job], list[Outcome], dict[str, int]]:
     """Jobs for the valid verticals asked for, failures for the invalid ones, new ports.
 
-    Assigns ports to verticals that have none and saves ports.toml.
+    Assigns ports to verticals that have none and saves ports.toml (unless dry_run).
     """
     verticals, problems = project.load_verticals()
     known = project.slugs()
@@ -72,7 +76,7 @@ def plan(project: Project, slugs: list[str] | None) -> tuple[list[Job], list[Out
 
     registry = ports.load(project.ports_path)
     new_ports = ports.assign(registry, [v.slug for v in valid])
-    if new_ports:
+    if new_ports and not dry_run:
         ports.save(registry)
 
     commit = render.template_commit(project.root)
@@ -81,7 +85,7 @@ def plan(project: Project, slugs: list[str] | None) -> tuple[list[Job], list[Out
         Job(
             slug=v.slug, root=project.root, commit=commit, version=version,
             fingerprint=v.fingerprint(), answers=v.answers(registry.ports[v.slug]),
-            app_dir=project.app_dir(v.slug),
+            app_dir=project.app_dir(v.slug), dry_run=dry_run,
         )
         for v in valid
     ]
@@ -94,6 +98,8 @@ def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outco
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     outcomes = []
+    # fork: workers share the already imported copier. Callers must not run threads
+    # while this forks (the CLI's progress bar does not auto-refresh for that reason).
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(generate_one, job): job for job in jobs}
@@ -117,6 +123,8 @@ def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outco
 def generate_one(job: Job) -> Outcome:
     """Create the app when missing, update it when it exists."""
     try:
+        if job.dry_run:
+            return _dry_run(job)
         if not job.app_dir.exists():
             return _create(job)
         return _update(job)
@@ -124,14 +132,47 @@ def generate_one(job: Job) -> Outcome:
         return Outcome(job.slug, "failed", message=str(exc))
 
 
+def _dry_run(job: Job) -> Outcome:
+    """Do the real work on a scratch copy of the app and report what it would change."""
+    with tempfile.TemporaryDirectory(prefix=f"vgen-dry-{job.slug}-") as scratch:
+        copy = Path(scratch) / job.slug
+        if job.app_dir.exists():
+            _copy_app(job.app_dir, copy)
+            original = gitrepo.head(copy)
+        else:
+            original = None
+        outcome = generate_one(dataclasses.replace(job, app_dir=copy, dry_run=False))
+        if outcome.status == "created":
+            outcome.files = gitrepo.git(copy, "ls-files").splitlines()
+            outcome.diff = ""
+        elif outcome.status == "updated":
+            outcome.diff = gitrepo.git(copy, "diff", "--stat", original, "HEAD") + gitrepo.git(copy, "diff", original, "HEAD")
+        outcome.dry_run = True
+        return outcome
+
+
+def _copy_app(app: Path, dest: Path) -> None:
+    """The app's repository and every file git does not ignore (never instance/ data)."""
+    shutil.copytree(app / ".git", dest / ".git") if (app / ".git").exists() else dest.mkdir(parents=True)
+    listed = gitrepo.git(app, "ls-files", "-co", "--exclude-standard", "-z").split("\0") if (app / ".git").exists() \
+        else [str(p.relative_to(app)) for p in app.rglob("*") if p.is_file()]
+    for name in filter(None, listed):
+        source = app / name
+        if source.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
 def _create(job: Job) -> Outcome:
     """Render into a temporary folder beside the app, commit, then rename into place."""
     job.app_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.slug}.", dir=job.app_dir.parent))
     try:
-        render.copy(job.root, job.commit, job.answers, tmp)
+        render.template(job.root, job.commit).render(job.answers, tmp, str(job.root))
         gitrepo.init(tmp)
         gitrepo.commit_all(tmp, commit_message("Generate", job))
+        gitrepo.git(tmp, "branch", TEMPLATE_BRANCH)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
@@ -143,52 +184,98 @@ def _create(job: Job) -> Outcome:
 
 
 def _update(job: Job) -> Outcome:
+    """Three-way merge of the new rendering into the app, hand edits kept.
+
+    The app's `vgen/template` branch holds exactly what the template rendered each
+    time, with no hand edits; the new rendering is committed on it and merged into main,
+    so git's merge keeps hand edits and finds conflicts (the same merge copier update
+    does, from the old and new renderings).
+    """
     app = job.app_dir
+    if is_current(job):
+        return Outcome(job.slug, "unchanged")
     if not gitrepo.is_repo(app):
         gitrepo.init(app)
         gitrepo.commit_all(app, "Existing app, committed by vgen before its first regeneration")
-    elif not gitrepo.is_clean(app):
-        gitrepo.commit_all(app, "Hand edits, committed by vgen before regeneration")
-    if is_current(job):
-        return Outcome(job.slug, "unchanged")
+    original = gitrepo.head(app)
+    tpl = render.template(job.root, job.commit)
+    with tempfile.TemporaryDirectory(prefix=f"vgen-{job.slug}-") as scratch:
+        try:
+            if not gitrepo.branch_exists(app, TEMPLATE_BRANCH):
+                _adopt(app, job, Path(scratch) / "old")
+            fresh = Path(scratch) / "new"
+            tpl.render(job.answers, fresh, str(job.root))
+            _keep_skipped(app, fresh, tpl.skip_if_exists)
+            gitrepo.commit_tree_onto(app, TEMPLATE_BRANCH, fresh, commit_message("Render", job))
+        except Exception as exc:  # nothing in the app has changed yet
+            return Outcome(job.slug, "failed", message=_reason(exc))
+    # A merge needs a clean tree: hand edits become a commit of their own, undone
+    # again (files untouched) if this vertical ends in conflict or failure.
+    gitrepo.commit_all(app, "Hand edits, committed by vgen before regeneration")
     before = gitrepo.head(app)
-    try:
-        render.update(job.commit, job.answers, app)
-    except Exception as exc:
-        _reset(app, before)
-        return Outcome(job.slug, "failed", message=_reason(exc))
-    files = [f for f in gitrepo.changed_files(app, before) if f != ".copier-answers.yml"]
+    merged = gitrepo.merge(app, TEMPLATE_BRANCH, commit_message("Regenerate", job))
+    files = gitrepo.changed_files(app, before)
     conflicted = gitrepo.conflicts(app, files)
-    if conflicted:
-        gitrepo.save_aside_and_reset(app, before, CONFLICT_BRANCH, commit_message("Conflicted regeneration", job))
+    if conflicted or not merged:
+        gitrepo.save_aside(app, CONFLICT_BRANCH, commit_message("Conflicted regeneration", job),
+                           also_parent=TEMPLATE_BRANCH)
+        gitrepo.git(app, "merge", "--abort", check=False)
+        gitrepo.restore(app, before, original)
         return Outcome(job.slug, "conflict", files=conflicted,
                        message=f"left as it was; the merge result is on branch {CONFLICT_BRANCH}")
-    if not gitrepo.commit_all(app, commit_message("Regenerate", job)):
+    if gitrepo.head(app) == before:
         return Outcome(job.slug, "unchanged")
-    return Outcome(job.slug, "updated", files=files)
+    return Outcome(job.slug, "updated", files=[f for f in files if f != ".copier-answers.yml"])
+
+
+def _adopt(app: Path, job: Job, scratch: Path) -> None:
+    """Give an app made elsewhere (plain copier) its vgen/template branch.
+
+    The old rendering (from the answers file's commit and answers) becomes the branch,
+    joined into main's history by a merge that keeps main's files, so the next merge
+    has it as the common base, as copier update would.
+    """
+    recorded = _recorded_answers(app)
+    old_commit = gitrepo.git(job.root, "rev-parse", "--verify", "-q", f"{recorded.get('_commit', '')}^{{commit}}", check=False).strip()
+    if not old_commit:
+        raise VgenError(f"{app}: .copier-answers.yml names template commit {recorded.get('_commit')!r}, "
+                        "which the template repository does not have")
+    old = render.template(job.root, old_commit)
+    old.render({k: v for k, v in recorded.items() if not k.startswith("_")}, scratch, recorded.get("_src_path", str(job.root)))
+    base = gitrepo.commit_tree_onto(app, TEMPLATE_BRANCH, scratch, "Template rendering the app was made from")
+    gitrepo.adopt_history(app, base, "Adopt the app into vgen: record the template rendering it was made from")
+
+
+def _keep_skipped(app: Path, fresh: Path, patterns: list[str]) -> None:
+    """Files the founder owns once created (copier's _skip_if_exists) keep flowing from
+    the previous rendering, so regeneration never changes them."""
+    for pattern in patterns:
+        for path in fresh.glob(pattern):
+            rel = path.relative_to(fresh).as_posix()
+            if (app / rel).exists():
+                previous = gitrepo.show(app, f"{TEMPLATE_BRANCH}:{rel}")
+                if previous is not None:
+                    path.write_bytes(previous)
 
 
 def is_current(job: Job) -> bool:
     """True when the app was last generated from this template commit with these answers."""
-    answers_file = job.app_dir / ".copier-answers.yml"
-    try:
-        recorded = yaml.safe_load(answers_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    if recorded.get("_commit") != job.commit:
+    recorded = _recorded_answers(job.app_dir)
+    if recorded.get("_commit") != job.version:
         return False
     return {k: v for k, v in recorded.items() if not k.startswith("_")} == _plain(job.answers)
+
+
+def _recorded_answers(app: Path) -> dict:
+    try:
+        return yaml.safe_load((app / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
 
 
 def _plain(answers: dict) -> dict:
     """The answers as they read back from YAML (tuples become lists and so on)."""
     return yaml.safe_load(yaml.safe_dump(answers))
-
-
-def _reset(app: Path, before: str | None) -> None:
-    if before:
-        gitrepo.git(app, "reset", "-q", "--hard", before)
-        gitrepo.git(app, "clean", "-q", "-fd")
 
 
 def _reason(exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -76,14 +77,64 @@ def conflicts(repo: Path, files: list[str]) -> list[str]:
     return sorted(found)
 
 
-def save_aside_and_reset(repo: Path, before: str, branch: str, message: str) -> None:
-    """Commit the working tree on `branch`, then put the app back exactly at `before`.
+def save_aside(repo: Path, branch: str, message: str, also_parent: str | None = None) -> None:
+    """Commit the working tree as it is (conflict markers included) onto `branch`
+    without moving the current branch; with also_parent, as a merge of that too."""
+    git(repo, "add", "-A")
+    tree = git(repo, "write-tree").strip()
+    parents = ["-p", git(repo, "rev-parse", "HEAD").strip()]
+    if also_parent:
+        parents += ["-p", git(repo, "rev-parse", also_parent).strip()]
+    commit = git(repo, *_identity(repo), "commit-tree", tree, *parents, "-m", message).strip()
+    git(repo, "branch", "-f", branch, commit)
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    return bool(git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip())
+
+
+def show(repo: Path, spec: str) -> bytes | None:
+    result = subprocess.run(["git", "show", spec], cwd=repo, capture_output=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def commit_tree_onto(repo: Path, branch: str, folder: Path, message: str) -> str:
+    """Commit the files of `folder` as the next commit of `branch` (created when
+    missing), without touching the repository's working tree or index."""
+    env = dict(os.environ, GIT_INDEX_FILE=str(Path(folder).parent / f".{Path(folder).name}.index"),
+               GIT_WORK_TREE=str(folder), GIT_DIR=str(Path(repo) / ".git"))
+    run = lambda *args: subprocess.run(["git", *args], env=env, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    run("add", "-A", "--force", ".")
+    tree = run("write-tree").strip()
+    parent = git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip()
+    if parent and git(repo, "rev-parse", f"{parent}^{{tree}}").strip() == tree:
+        return parent
+    commit = git(repo, *_identity(repo), "commit-tree", tree, *(["-p", parent] if parent else []), "-m", message).strip()
+    git(repo, "update-ref", f"refs/heads/{branch}", commit)
+    return commit
+
+
+def adopt_history(repo: Path, other: str, message: str) -> None:
+    """Make `other` part of HEAD's history with a merge commit that keeps HEAD's files."""
+    tree = git(repo, "rev-parse", "HEAD^{tree}").strip()
+    commit = git(repo, *_identity(repo), "commit-tree", tree, "-p", "HEAD", "-p", other, "-m", message).strip()
+    git(repo, "update-ref", "HEAD", commit)
+
+
+def merge(repo: Path, branch: str, message: str) -> bool:
+    """Merge branch into the current one; False when it stops on conflicts."""
+    result = subprocess.run(["git", *_identity(repo), "merge", "--no-ff", "--no-edit", "-q", "-m", message, branch],
+                            cwd=repo, capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def restore(repo: Path, before: str, original: str | None) -> None:
+    """Put the working tree back at commit `before`, then move the branch back to
+    `original` keeping the files: hand edits that were uncommitted are so again.
 
     Ignored files (the app's data in instance/) are never touched: no `git clean -x`.
     """
-    git(repo, "checkout", "-q", "-B", branch)
-    git(repo, "add", "-A")
-    git(repo, *_identity(repo), "commit", "-q", "--no-verify", "--allow-empty", "-m", message)
-    git(repo, "checkout", "-q", "-f", "main")
     git(repo, "reset", "-q", "--hard", before)
     git(repo, "clean", "-q", "-fd")
+    if original and original != before:
+        git(repo, "reset", "-q", "--mixed", original)

@@ -53,6 +53,7 @@ def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
     if not slugs:
         raise VgenError("no vertical to install: name one or more, or use --all")
     apps = [_generated_app(slug, out) for slug in slugs]
+    _check_no_static_users(slugs, root)
     laid: list[Laid] = []
     for slug, app in zip(slugs, apps):
         deploy = app / "deploy"
@@ -102,6 +103,26 @@ def _generated_app(slug: str, out: Path) -> Path:
                 f"{app} has no deploy/{name}: regenerate it with `vgen generate {slug}`"
             )
     return app
+
+
+def _check_no_static_users(slugs: list[str], root: Path) -> None:
+    """Refuse a slug that names an existing system user (news, backup, games...).
+
+    The units ask for DynamicUser=yes with User=<slug>; when a user of that name already
+    exists, systemd runs the app as that static user instead, sharing its uid.
+    """
+    try:
+        lines = (root / "etc/passwd").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return  # a scratch root without users: nothing to collide with
+    users = {line.split(":", 1)[0] for line in lines if line and not line.startswith("#")}
+    taken = sorted(set(slugs) & users)
+    if taken:
+        raise VgenError(
+            f"{root / 'etc/passwd'} already has a user named {', '.join(taken)}: the app's "
+            "service would run as that user instead of its own dynamic one; "
+            "give the vertical another slug"
+        )
 
 
 def _requirements(app: Path) -> list[str]:

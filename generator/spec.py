@@ -251,17 +251,23 @@ class _Validator:
             if key not in allowed:
                 self.error(where, f'unknown key "{key}" (allowed for {what}: {", ".join(sorted(allowed))})')
 
-    def text(self, where: str, data: dict, key: str, *, required=False, limit=200) -> str | None:
+    def text(self, where: str, data: dict, key: str, *, required=False, limit=200, empty_ok=False) -> str | None:
         if key not in data:
             if required:
                 self.error(where, f'"{key}" is required')
             return None
         value = data[key]
+        if isinstance(value, str) and empty_ok and not value.strip():
+            return ""
         if not isinstance(value, str) or not value.strip():
             self.error(where, f'"{key}" must be a non-empty string')
             return None
         if len(value) > limit:
             self.error(where, f'"{key}" is longer than {limit} characters')
+            return None
+        problem = text_problem(value)
+        if problem:
+            self.error(where, f'"{key}" {problem}')
             return None
         return value.strip()
 
@@ -278,7 +284,7 @@ class _Validator:
         elif slug != self.stem:
             self.error("", f'slug "{slug}" does not match the file name: name the file {slug}.toml')
         name = self.text("", data, "name", required=True, limit=80)
-        tagline = self.text("", data, "tagline", limit=200) or ""
+        tagline = self.text("", data, "tagline", limit=200, empty_ok=True) or ""
         domain = ""
         if "domain" in data:
             domain = data["domain"]
@@ -524,7 +530,7 @@ class _Validator:
                     self.error(where, f'a boolean field cannot be {key}: it is always true or false (set "default" instead)')
 
         label = self.text(where, raw, "label", limit=80) or name.replace("_", " ").capitalize()
-        help_text = self.text(where, raw, "help", limit=300) or ""
+        help_text = self.text(where, raw, "help", limit=300, empty_ok=True) or ""
         renamed_from = self.renamed_from(where, raw)
 
         max_length = places = lo = hi = to = on_delete = None
@@ -550,6 +556,9 @@ class _Validator:
             elif (not isinstance(raw_choices, list) or not raw_choices
                   or not all(isinstance(c, str) and c.strip() and len(c) <= 100 for c in raw_choices)):
                 self.error(where, '"choices" must be a non-empty list of non-empty strings (at most 100 characters each)')
+            elif any(text_problem(c) for c in raw_choices):
+                bad = next(c for c in raw_choices if text_problem(c))
+                self.error(where, f'choice {bad!r} {text_problem(bad)}')
             elif len(set(raw_choices)) != len(raw_choices):
                 dupes = sorted({c for c in raw_choices if raw_choices.count(c) > 1})
                 self.error(where, f'"choices" must be unique: {", ".join(dupes)} appears more than once')
@@ -674,6 +683,21 @@ class _Validator:
 
 
 # --- derived names --------------------------------------------------------------------
+
+
+# Display text lands in Jinja templates (the app's and copier's): template markup in it
+# would be read as code, so it is refused rather than half-escaped.
+MARKUP = ("{{", "}}", "{%", "%}", "{#", "#}", "[[", "]]", "[%", "%]", "[#", "#]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why a display text is refused, or None."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "must be one line of text, without control characters"
+    found = next((m for m in MARKUP if m in value), None)
+    if found:
+        return f'must not contain "{found}" (template markup)'
+    return None
 
 
 def pluralize(word: str) -> str:

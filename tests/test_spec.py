@@ -334,3 +334,13 @@ def test_any_document_gives_problems_not_a_traceback(data):
     problems = []
     spec._Validator("verticals/shop.toml", "shop", problems).vertical(data)
     assert all(p.startswith("verticals/shop.toml: ") for p in problems)
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD.replace('name = "Shop"', 'name = "Shop {{ x }}"'), 'verticals/shop.toml: "name" must not contain "{{" (template markup)'),
+    (GOOD.replace('name = "Shop"', 'name = "Shop"\ntagline = "a\\nb"'), 'verticals/shop.toml: "tagline" must be one line of text, without control characters'),
+    (GOOD.replace('required = true', 'label = "T [% x %]"'), 'verticals/shop.toml: entity "item", field "title": "label" must not contain "[%" (template markup)'),
+    (GOOD.replace('type = "string", required = true', 'type = "choice", choices = ["a", "{% b"]'), 'verticals/shop.toml: entity "item", field "title": choice \'{% b\' must not contain "{%" (template markup)'),
+])
+def test_display_text_never_carries_template_markup(tmp_path, text, message):
+    assert problems_of(tmp_path, text) == [message]

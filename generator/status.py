@@ -1,0 +1,100 @@
+"""`vgen status`: one row per vertical, read from the apps, their repos and their ports."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import gitrepo, ports, render
+from .fleet import _plain
+from .project import Project
+
+
+@dataclass
+class Row:
+    slug: str
+    port: int | None
+    template: str  # the version the app was generated from, or "" when not generated
+    template_current: bool
+    spec_changed: bool | None  # None when the spec is invalid or the app is missing
+    hand_edits: bool | None
+    health: str  # "ok", "down" or an HTTP status
+    last_backup: str  # time of the last verified backup, or ""
+
+
+def status(project: Project, timeout: float = 1.0) -> list[Row]:
+    verticals, _ = project.load_verticals()
+    valid = {v.slug: v for v in verticals}
+    registry = ports.load(project.ports_path)
+    current = render.template_commit(project.root)
+    slugs = sorted(set(project.slugs()) | {p.name for p in project.out.glob("*") if (p / ".copier-answers.yml").exists()})
+
+    def row(slug: str) -> Row:
+        app = project.app_dir(slug)
+        port = registry.ports.get(slug)
+        answers = _answers(app)
+        commit = answers.get("_commit", "")
+        spec_changed = None
+        if answers and slug in valid and port is not None:
+            recorded = {k: v for k, v in answers.items() if not k.startswith("_")}
+            spec_changed = recorded != _plain(valid[slug].answers(port))
+        return Row(
+            slug=slug, port=port,
+            template=render.template_version(project.root, commit) if commit else "",
+            template_current=commit == current,
+            spec_changed=spec_changed,
+            hand_edits=_hand_edits(app) if answers else None,
+            health=_health(port, timeout) if port else "no port",
+            last_backup=_last_backup(app, slug),
+        )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(row, slugs))
+
+
+def _answers(app: Path) -> dict:
+    try:
+        return yaml.safe_load((app / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _hand_edits(app: Path) -> bool | None:
+    """Whether the app differs from what vgen last generated into it."""
+    if not gitrepo.is_repo(app):
+        return None
+    last = gitrepo.git(app, "log", "-1", "--format=%H", "--extended-regexp",
+                       "--grep=^(Generate|Regenerate) ", check=False).strip()
+    if not last:
+        return None
+    changed = gitrepo.git(app, "diff", "--name-only", last, check=False).strip()
+    untracked = gitrepo.git(app, "ls-files", "--others", "--exclude-standard", check=False).strip()
+    return bool(changed or untracked)
+
+
+def _health(port: int, timeout: float) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
+            return "ok" if response.status == 200 else str(response.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except OSError:
+        return "down"
+
+
+def _last_backup(app: Path, slug: str) -> str:
+    """The time of the last verified backup, from the app's record of its backups."""
+    for data_dir in (app / "instance", Path("/var/lib") / slug):
+        try:
+            record = json.loads((data_dir / "backups" / "last.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        good = record.get("last_good") or (record if record.get("verified") else None)
+        if isinstance(good, dict) and good.get("time"):
+            return str(good["time"])
+    return ""
