@@ -301,3 +301,7 @@ def serve(ctx, slug, out):
     console.print(f"Serving {slug} on http://127.0.0.1:{registry.ports.get(slug, '?')}/ (Ctrl-C stops)")
     os.chdir(app)
     os.execve(sys.executable, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""scripts/bench: vgen's figures, each against a baseline run side by side."""

@@ -1,0 +1,59 @@
+"""The schema plan of an app: what `flask --app app migrate` would do to its database.
+
+`vgen generate --dry-run` shows it beside the file changes. The app's own
+`migrate --dry-run` computes it (vgen never reads an app's schema itself), run against a
+scratch copy of the database, so the live database is only read (and no secret_key file
+is created in its data folder).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import VgenError
+
+TIMEOUT = 300  # seconds; a dry run copies the database once
+
+
+def schema_plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.executable) -> str:
+    """The output of `flask --app app migrate --dry-run` for the app's database.
+
+    app_dir is the app whose code (schema.sql, migrate.py) to run: for a dry run of
+    `vgen generate`, the newly rendered app. data_dir holds the database (default
+    app_dir/instance); a missing database gives the plan for a new one. A migration the
+    data would refuse is a plan too: its message lists the rows.
+    """
+    app_dir = Path(app_dir)
+    data_dir = Path(data_dir) if data_dir is not None else app_dir / "instance"
+    with tempfile.TemporaryDirectory(prefix="vgen-schema-plan-") as scratch:
+        for db in sorted(data_dir.glob("*.db")) if data_dir.is_dir() else []:
+            copy_database(db, Path(scratch) / db.name)
+        env = dict(os.environ, DATA_DIR=scratch, SECRET_KEY="schema-plan-only")
+        env.pop("PYTHONPATH", None)
+        try:
+            done = subprocess.run(
+                [python, "-m", "flask", "--app", "app", "migrate", "--dry-run"],
+                cwd=app_dir, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise VgenError(f"{app_dir}: could not run migrate --dry-run ({e})") from e
+        output = (done.stdout + done.stderr).replace(scratch, str(data_dir)).strip()
+    if done.returncode != 0 and "migration refused" not in output:
+        raise VgenError(f"{app_dir}: migrate --dry-run failed:\n{output}")
+    return output
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """A consistent copy through SQLite's backup API, opening the source read-only."""
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()

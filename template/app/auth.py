@@ -1,0 +1,237 @@
+"""Accounts: sign up, log in, log out, change password; who is logged in (g.user).
+
+A customer account ("account") has users ("user"); signing up creates both. Passwords
+are hashed with scrypt. Failed logins are counted in the "login_attempt" table, per email
+and per client address, so the limits hold across workers and restarts.
+"""
+
+import functools
+import hashlib
+import sqlite3
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask_wtf import FlaskForm
+from werkzeug.security import check_password_hash, generate_password_hash
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import Email, EqualTo, InputRequired, Length
+
+from .db import get_db
+
+bp = Blueprint("auth", __name__)
+
+PASSWORD_MIN = 8
+PASSWORD_MAX = 200
+
+
+class SignupForm(FlaskForm):
+    account = StringField("Account name", validators=[InputRequired(), Length(max=100)])
+    email = EmailField("Email", validators=[InputRequired(), Email(), Length(max=254)])
+    password = PasswordField("Password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
+    confirm = PasswordField(
+        "Confirm password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
+    )
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[InputRequired(), Email(), Length(max=254)])
+    password = PasswordField("Password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
+
+
+class PasswordForm(FlaskForm):
+    current_password = PasswordField("Current password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
+    password = PasswordField("New password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
+    confirm = PasswordField(
+        "Confirm new password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
+    )
+
+
+def hash_password(password):
+    # "scrypt" is Werkzeug's strong default (n=2**15); the tests use a cheaper scrypt.
+    return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
+
+
+def password_stamp(password_hash):
+    """A short fingerprint of the password hash kept in the session: changing the
+    password ends every other session of that user."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def start_session(user_id, password_hash):
+    """Log a user in with a fresh session (nothing carried over from before login)."""
+    session.clear()
+    session.permanent = True
+    session["user_id"] = user_id
+    session["stamp"] = password_stamp(password_hash)
+
+
+def safe_next(target):
+    """`target` when it is a path on this site, else None (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    # Browsers read "\" as "/" and drop tabs and newlines: "/\evil.com" is "//evil.com".
+    if any(c == "\\" or ord(c) < 33 or ord(c) == 127 for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+@bp.before_app_request
+def load_logged_in_user():
+    """Set g.user (id, email, account_id, account_name) from the session, or None."""
+    g.user = None
+    user_id = session.get("user_id")
+    if user_id is None:
+        return
+    user = get_db().execute(
+        'SELECT "user"."id", "user"."email", "user"."account_id", "user"."password_hash",'
+        ' "account"."name" AS "account_name"'
+        ' FROM "user" JOIN "account" ON "account"."id" = "user"."account_id"'
+        ' WHERE "user"."id" = ?',
+        (user_id,),
+    ).fetchone()
+    if user is None or session.get("stamp") != password_stamp(user["password_hash"]):
+        session.clear()  # the user is gone or changed their password elsewhere
+        return
+    g.user = user
+
+
+def login_required(view):
+    """Send visitors who are not logged in to the login page, then back here."""
+
+    @functools.wraps(view)
+    def wrapped_view(**kwargs):
+        if g.user is None:
+            login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+            response = redirect(login_url)
+            if request.headers.get("HX-Request"):
+                response.headers["HX-Redirect"] = login_url  # a whole page, not a fragment
+            return response
+        return view(**kwargs)
+
+    return wrapped_view
+
+
+@bp.route("/signup", methods=("GET", "POST"))
+def signup():
+    if g.user is not None:
+        return redirect(url_for("main.index"))
+    form = SignupForm()
+    if form.validate_on_submit():
+        email = form.email.data.strip().lower()
+        password_hash = hash_password(form.password.data)
+        db = get_db()
+        try:
+            with db:  # one transaction: account and user together, or neither
+                account_id = db.execute(
+                    'INSERT INTO "account" ("name") VALUES (?)', (form.account.data.strip(),)
+                ).lastrowid
+                user_id = db.execute(
+                    'INSERT INTO "user" ("account_id", "email", "password_hash") VALUES (?, ?, ?)',
+                    (account_id, email, password_hash),
+                ).lastrowid
+        except sqlite3.IntegrityError:
+            form.email.errors.append("An account with this email already exists. Log in instead?")
+        else:
+            start_session(user_id, password_hash)
+            flash("Welcome! Your account is ready.", "success")
+            return redirect(url_for("main.index"))
+    return render_template("auth/signup.html", form=form)
+
+
+def recent_failures(column, value):
+    """Failed logins for this email or address within the throttling window."""
+    window = current_app.config["LOGIN_WINDOW_SECONDS"]
+    return get_db().execute(
+        f'SELECT count(*) FROM "login_attempt" WHERE "{column}" = ?'
+        " AND \"created_at\" > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
+        (value, f"-{window} seconds"),
+    ).fetchone()[0]
+
+
+def record_failure(email, address):
+    window = current_app.config["LOGIN_WINDOW_SECONDS"]
+    db = get_db()
+    with db:
+        db.execute('INSERT INTO "login_attempt" ("email", "address") VALUES (?, ?)', (email, address))
+        # Keep the table small: rows older than the window no longer count.
+        db.execute(
+            "DELETE FROM \"login_attempt\" WHERE \"created_at\" < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
+            (f"-{window} seconds",),
+        )
+
+
+def is_throttled(email, address):
+    config = current_app.config
+    return (
+        recent_failures("email", email) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
+        or recent_failures("address", address) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
+    )
+
+
+# Checked against when the email is unknown, so both cases take as long.
+_dummy_hash = None
+
+
+def check_password(user, password):
+    global _dummy_hash
+    if user is None:
+        if _dummy_hash is None:
+            _dummy_hash = hash_password("not a real password")
+        check_password_hash(_dummy_hash, password)
+        return False
+    return check_password_hash(user["password_hash"], password)
+
+
+@bp.route("/login", methods=("GET", "POST"))
+def login():
+    next_url = safe_next(request.values.get("next"))
+    if g.user is not None and request.method == "GET":
+        return redirect(next_url or url_for("main.index"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        email = form.email.data.strip().lower()
+        address = request.remote_addr or "unknown"  # the client's, thanks to ProxyFix
+        if is_throttled(email, address):
+            minutes = current_app.config["LOGIN_WINDOW_SECONDS"] // 60
+            flash(f"Too many failed log-in attempts. Wait {minutes} minutes, then try again.", "error")
+            response = current_app.make_response((render_template("auth/login.html", form=form, next=next_url), 429))
+            response.headers["Retry-After"] = str(current_app.config["LOGIN_WINDOW_SECONDS"])
+            return response
+        db = get_db()
+        user = db.execute('SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)).fetchone()
+        if check_password(user, form.password.data):
+            with db:
+                db.execute('DELETE FROM "login_attempt" WHERE "email" = ?', (email,))
+            start_session(user["id"], user["password_hash"])
+            return redirect(next_url or url_for("main.index"))
+        record_failure(email, address)
+        form.password.errors.append("Wrong email or password.")
+    return render_template("auth/login.html", form=form, next=next_url)
+
+
+@bp.route("/logout", methods=("POST",))
+def logout():
+    session.clear()
+    flash("You are logged out.", "success")
+    return redirect(url_for("main.index"))
+
+
+@bp.route("/account/password", methods=("GET", "POST"))
+@login_required
+def change_password():
+    form = PasswordForm()
+    if form.validate_on_submit():
+        if not check_password_hash(g.user["password_hash"], form.current_password.data):
+            form.current_password.errors.append("This is not your current password.")
+        else:
+            password_hash = hash_password(form.password.data)
+            db = get_db()
+            with db:
+                db.execute('UPDATE "user" SET "password_hash" = ? WHERE "id" = ?', (password_hash, g.user["id"]))
+            start_session(g.user["id"], password_hash)  # this session stays; any other ends
+            flash("Your password has been changed.", "success")
+            return redirect(url_for("main.index"))
+    return render_template("auth/password.html", form=form)

@@ -1,0 +1,447 @@
+"""Backups: `flask --app app backup` and `flask --app app restore FILE`.
+
+backup  takes an online copy of the live database through SQLite's backup API (never a
+        file copy: the database is in WAL mode and being written), verifies the copy,
+        renames it into DATA_DIR/backups, rotates old backups (7 daily, 4 weekly,
+        12 monthly), runs the optional off-site command and records the run in
+        DATA_DIR/backups/last.json, which `vgen status` reads.
+restore verifies a backup file, takes a safety backup of the current database, then
+        copies the file into the live database through the backup API: one write
+        transaction, so the app can keep running and never sees half a database.
+
+Set BACKUP_OFFSITE_COMMAND (for example `rclone copyto --config /etc/vgen/rclone.conf`
+or `aws s3 cp`) to copy each verified backup elsewhere: the command is split like a
+shell would split it, and the backup file's path is appended as its last argument.
+"""
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .db import connect, read_schema
+
+KEEP_DAILY = 7
+KEEP_WEEKLY = 4
+KEEP_MONTHLY = 12
+OFFSITE_TIMEOUT = 3600  # seconds
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# The app's own tables besides the entities (see schema.sql); internal ones start with app_.
+SYSTEM_TABLES = {"account", "user", "login_attempt"}
+REQUIRED_TABLES = {"account", "user"}
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go on; the message says why."""
+
+
+def init_app(app):
+    app.cli.add_command(backup_command)
+    app.cli.add_command(restore_command)
+
+
+@click.command("backup")
+@with_appcontext
+def backup_command():
+    """Take, verify and rotate a backup of the database."""
+    result = run_backup(
+        current_app.config["DATABASE"],
+        backup_dir(),
+        offsite_command=os.environ.get("BACKUP_OFFSITE_COMMAND", ""),
+    )
+    if result["error"]:
+        raise click.ClickException(result["error"])
+    click.echo(
+        f"Backup verified: {result['file']} ({result['size']} bytes, "
+        f"{sum(result['tables'].values())} rows in {len(result['tables'])} tables)"
+    )
+    if result["removed"]:
+        click.echo(f"Rotation removed {len(result['removed'])} old backup(s).")
+    if result["offsite"]:
+        click.echo(f"Off-site copy done: {result['offsite']['command']}")
+
+
+@click.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@with_appcontext
+def restore_command(file):
+    """Verify a backup FILE, save the current database, then restore FILE into it."""
+    try:
+        result = restore(
+            current_app.config["DATABASE"], file, backup_dir(), schema_tables()
+        )
+    except (BackupError, sqlite3.Error) as e:
+        raise click.ClickException(str(e))
+    if result["safety_backup"]:
+        click.echo(f"Saved the current database as {result['safety_backup']}")
+    click.echo(
+        f"Restored {file} ({sum(result['tables'].values())} rows in "
+        f"{len(result['tables'])} tables)."
+    )
+    if result["missing_tables"]:
+        click.echo(
+            "The backup predates tables of the current schema ("
+            + ", ".join(result["missing_tables"])
+            + "): run `flask --app app migrate`."
+        )
+
+
+def backup_dir():
+    return Path(current_app.config["DATA_DIR"]) / "backups"
+
+
+def schema_tables():
+    """The tables the app's schema creates: what "this app's database" means."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.executescript(read_schema())
+        return set(table_counts(memory))
+    finally:
+        memory.close()
+
+
+# -- backup -----------------------------------------------------------------------
+
+
+def run_backup(database, directory, offsite_command="", now=None):
+    """Back up, rotate, copy off-site and record the run in last.json; returns the record.
+
+    Never raises for a failed backup: the error is in the record (and in last.json).
+    """
+    directory = Path(directory)
+    started = time.monotonic()
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    record = {
+        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "file": None,
+        "size": None,
+        "verified": False,
+        "tables": {},
+        "removed": [],
+        "offsite": None,
+        "error": None,
+    }
+    try:
+        make_private_dir(directory)
+        with locked(directory):
+            name = unique_name(directory, f"{Path(database).stem}-{now.strftime(STAMP_FORMAT)}")
+            path, counts = take_backup(database, directory / name)
+            record.update(file=str(path), size=path.stat().st_size, verified=True, tables=counts)
+            record["removed"] = [str(p) for p in rotate(directory, Path(database).stem)]
+            if offsite_command:
+                record["offsite"] = run_offsite(offsite_command, path)
+    except (BackupError, sqlite3.Error, OSError) as e:
+        record["error"] = f"{'Off-site copy' if record['verified'] else 'Backup'} failed: {e}"
+    record["duration_s"] = round(time.monotonic() - started, 3)
+    write_last(directory, record)
+    return record
+
+
+def take_backup(database, target):
+    """Copy the live database into target, verified; returns (target, row counts).
+
+    The row counts and the copy come from one read transaction on the source, so they
+    see the same snapshot while other connections keep committing (WAL lets them).
+    The copy is written to a temporary file, fsynced and verified before it is renamed
+    into place, so a file named like a backup is always a complete, checked one.
+    """
+    database, target = Path(database), Path(target)
+    if not database.exists():
+        raise BackupError(f"no database at {database} (run `flask --app app migrate`)")
+    tmp = target.with_name(f".tmp-{target.name}")
+    source = connect(str(database))
+    try:
+        source.execute("BEGIN")  # deferred: the first read below pins the snapshot
+        counts = table_counts(source)
+        copy = sqlite3.connect(str(tmp))
+        try:
+            # pages=-1: the whole database in one step, inside our read transaction.
+            source.backup(copy)
+            # A self-contained file: no -wal/-shm beside it.
+            copy.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            copy.close()
+        source.rollback()
+    finally:
+        source.close()
+    try:
+        os.chmod(tmp, 0o600)
+        fsync_file(tmp)
+        try:
+            got = verify(tmp)
+        except BackupError as e:
+            raise BackupError(f"the copy failed verification: {e}") from e
+        if got != counts:
+            raise BackupError(f"row counts differ: database {counts}, copy {got}")
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target, counts
+
+
+def verify(path):
+    """Check that path is a sound SQLite database; returns its row count per table."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if not header.startswith(SQLITE_HEADER):
+        raise BackupError("it is not an SQLite database")
+    # A file cut at a page boundary can still open; its header knows the real size.
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    # (The header's page count is valid when its two change counters agree.)
+    pages = int.from_bytes(header[28:32], "big") if header[24:28] == header[92:96] else 0
+    size = path.stat().st_size
+    if len(header) < 100 or size < page_size * pages or size % page_size:
+        raise BackupError(f"it is truncated ({size} bytes, {pages} pages of {page_size})")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise BackupError(f"integrity_check fails: {'; '.join(problems[:5])}")
+            return table_counts(db)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise BackupError(f"it is not a readable SQLite database ({e})") from e
+
+
+def table_counts(db):
+    names = [
+        row[0]
+        for row in db.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    return {
+        name: db.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names
+    }
+
+
+def rotate(directory, stem):
+    """Delete the backups that no daily, weekly or monthly slot keeps; returns them.
+
+    Each slot (a day, an ISO week, a month) keeps its newest backup, for the 7 newest
+    days, 4 newest weeks and 12 newest months that have one.
+    """
+    pattern = re.compile(rf"^{re.escape(stem)}-(\d{{8}}T\d{{6}}Z)(-\d+)?\.db$")
+    backups = []
+    for path in Path(directory).iterdir():
+        match = pattern.match(path.name)
+        if match:
+            taken = datetime.datetime.strptime(match.group(1), STAMP_FORMAT)
+            backups.append((taken, path.name, path))
+    backups.sort(reverse=True)
+    # Every backup of the last day stays too: a manual backup taken before some risky
+    # change must not make the same night's backup disappear.
+    keep = {path for taken, _, path in backups if backups[0][0] - taken < datetime.timedelta(days=1)}
+    for bucket, count in (
+        (lambda t: t.date(), KEEP_DAILY),
+        (lambda t: t.isocalendar()[:2], KEEP_WEEKLY),
+        (lambda t: (t.year, t.month), KEEP_MONTHLY),
+    ):
+        seen = []
+        for taken, _, path in backups:  # newest first: each bucket keeps its newest
+            key = bucket(taken)
+            if key not in seen:
+                if len(seen) == count:
+                    break
+                seen.append(key)
+                keep.add(path)
+    removed = [path for _, _, path in backups if path not in keep]
+    for path in removed:
+        path.unlink()
+    if removed:
+        fsync_dir(directory)
+    return removed
+
+
+def run_offsite(command, path):
+    argv = shlex.split(command) + [str(path)]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=OFFSITE_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BackupError(f"{argv[0]}: {e}") from e
+    if done.returncode != 0:
+        output = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise BackupError(
+            f"{command!r} exited with {done.returncode}: {' / '.join(output) or 'no output'}"
+        )
+    return {"command": command, "ok": True}
+
+
+def write_last(directory, record):
+    """Write last.json atomically; it keeps the last good backup across failed runs."""
+    path = Path(directory) / "last.json"
+    previous = {}
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    if record["verified"]:
+        record["last_good"] = {k: record[k] for k in ("time", "file", "size")}
+    else:
+        record["last_good"] = previous.get("last_good")
+    try:
+        make_private_dir(directory)
+        tmp = path.with_name(".tmp-last.json")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(directory)
+    except OSError:
+        pass  # the backup's outcome still reaches the exit code and the journal
+
+
+# -- restore ----------------------------------------------------------------------
+
+
+def restore(database, file, directory, expected_tables):
+    """Restore the backup file into the live database; raises BackupError on refusal.
+
+    The file is checked on a private copy first. Then the current database is saved
+    as pre-restore-<name>-<time>.db (never rotated), and the copy is written into the
+    live database with the backup API: a single write transaction that running
+    gunicorn workers see either entirely or not at all. Swapping files instead would
+    leave the workers' open connections and the old -wal/-shm files pointing at the
+    replaced database, losing or corrupting writes.
+    """
+    database, file, directory = Path(database), Path(file), Path(directory)
+    if not file.is_file():
+        raise BackupError(f"refusing to restore {file}: no such file; nothing was changed")
+    make_private_dir(directory)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime(STAMP_FORMAT)
+    with locked(directory):
+        candidate = directory / f".tmp-restore-{now}.db"
+        try:
+            shutil.copyfile(file, candidate)
+            os.chmod(candidate, 0o600)
+            try:
+                counts = verify(candidate)
+                check_tables(set(counts), expected_tables)
+            except BackupError as e:
+                raise BackupError(f"refusing to restore {file}: {e}; nothing was changed")
+            safety = None
+            if database.exists():
+                name = unique_name(directory, f"pre-restore-{database.stem}-{now}")
+                try:
+                    safety, _ = take_backup(database, directory / name)
+                except (BackupError, sqlite3.Error) as e:
+                    raise BackupError(
+                        f"could not save the current database first ({e}); nothing was "
+                        f"changed. If it is damaged, stop the app, move {database} and "
+                        "its -wal and -shm files aside, and restore again"
+                    ) from e
+            source = sqlite3.connect(f"file:{candidate}?mode=ro", uri=True)
+            live = connect(str(database))
+            try:
+                try:
+                    source.backup(live)
+                except sqlite3.Error as e:
+                    raise BackupError(
+                        f"could not write {file} into the database ({e}); it is unchanged, "
+                        f"and saved as {safety}"
+                    ) from e
+                problems = [row[0] for row in live.execute("PRAGMA integrity_check")]
+                restored = table_counts(live)
+            finally:
+                live.close()
+                source.close()
+        finally:
+            for path in (candidate, Path(f"{candidate}-wal"), Path(f"{candidate}-shm")):
+                path.unlink(missing_ok=True)
+    if problems != ["ok"] or restored != counts:
+        raise BackupError(
+            f"the restored database does not match {file}; the previous one is {safety}"
+        )
+    return {
+        "safety_backup": str(safety) if safety else None,
+        "tables": counts,
+        "missing_tables": sorted(expected_tables - set(counts)),
+    }
+
+
+def check_tables(tables, expected):
+    """Refuse a database that is not this app's: another vertical's, or any other."""
+    missing = REQUIRED_TABLES - tables
+    if missing:
+        raise BackupError(
+            f"it is not a backup of this app: it has no {', '.join(sorted(missing))} table"
+        )
+    known = expected | SYSTEM_TABLES
+    foreign = sorted(t for t in tables - known if not t.startswith("app_"))
+    if foreign:
+        raise BackupError(
+            f"it is not a backup of this app: unknown tables {', '.join(foreign)}"
+        )
+    entities = expected - SYSTEM_TABLES - {t for t in expected if t.startswith("app_")}
+    if entities and not entities & tables:
+        raise BackupError(
+            f"it is not a backup of this app: it has none of this app's tables "
+            f"({', '.join(sorted(entities))})"
+        )
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def make_private_dir(directory):
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def locked(directory):
+    """Hold an exclusive lock on directory/.lock: one backup or restore at a time."""
+    fd = os.open(Path(directory) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError("another backup or restore is running") from None
+        for stale in Path(directory).glob(".tmp-*"):  # left behind by a killed run
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def unique_name(directory, stem):
+    name, n = f"{stem}.db", 1
+    while (Path(directory) / name).exists():
+        name, n = f"{stem}-{n}.db", n + 1
+    return name
+
+
+def fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

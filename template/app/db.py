@@ -1,0 +1,86 @@
+"""The database: one SQLite file in DATA_DIR, reached through get_db().
+
+The schema is two plain SQL files: schema_auth.sql (the app's own tables: accounts,
+users, login attempts) and schema.sql (one table per entity, generated from the spec).
+`flask --app app migrate` creates the database from them, or brings an existing one to
+them (app/migrate.py: renames, new columns, conversions, one transaction).
+"""
+
+import os
+import sqlite3
+
+import click
+from flask import current_app, g
+from flask.cli import with_appcontext
+
+SCHEMA_FILES = ("schema_auth.sql", "schema.sql")
+
+
+def connect(path):
+    """Open a connection with the pragmas every connection needs (web and CLI alike)."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    # busy_timeout first: switching to WAL may have to wait for another connection.
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def get_db():
+    """The request's connection, opened on first use and closed at teardown."""
+    if "db" not in g:
+        g.db = connect(current_app.config["DATABASE"])
+    return g.db
+
+
+def close_db(e=None):
+    db = g.pop("db", None)
+    if db is not None:
+        db.close()
+
+
+def read_schema():
+    """The schema's SQL, in the order it must run."""
+    here = os.path.dirname(__file__)
+    parts = []
+    for name in SCHEMA_FILES:
+        with open(os.path.join(here, name), encoding="utf-8") as f:
+            parts.append(f.read())
+    return "\n".join(parts)
+
+
+@click.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option(
+    "--drop-removed",
+    is_flag=True,
+    help="Drop the tables and columns the spec no longer has, and their data.",
+)
+@with_appcontext
+def migrate_command(dry_run, drop_removed):
+    """Create the database, or bring it to the schema; see app/migrate.py."""
+    from . import migrate  # imported here: migrate uses backup, which uses this module
+
+    path = current_app.config["DATABASE"]
+    backups = os.path.join(current_app.config["DATA_DIR"], "backups")
+    try:
+        result = migrate.run(path, backups, drop_removed=drop_removed, dry_run=dry_run)
+    except migrate.MigrationRefused as e:
+        raise click.ClickException(str(e)) from None
+    for line in result.steps + result.kept:
+        click.echo(line)
+    if result.backup:
+        click.echo(f"Backup taken before migrating: {result.backup}")
+    if not result.steps:
+        click.echo(f"{path}: up to date, nothing to do.")
+    elif dry_run:
+        click.echo(f"{path}: dry run, nothing written ({len(result.steps)} changes planned).")
+    else:
+        click.echo(f"{path}: migrated ({len(result.steps)} changes).")
+
+
+def init_app(app):
+    app.teardown_appcontext(close_db)
+    app.cli.add_command(migrate_command)

@@ -1,0 +1,31 @@
+-- The app's own tables: customer accounts, their users, failed logins.
+-- The entity tables, generated from the spec, are in schema.sql.
+-- Times are ISO 8601 UTC text, e.g. 2024-01-31T08:30:00Z.
+
+CREATE TABLE IF NOT EXISTS "account" (
+    "id" INTEGER PRIMARY KEY,
+    "name" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE TABLE IF NOT EXISTS "user" (
+    "id" INTEGER PRIMARY KEY,
+    "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
+    "email" TEXT NOT NULL UNIQUE,  -- stored lower-case
+    "password_hash" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS "user_account_id" ON "user" ("account_id");
+
+-- One row per failed login, kept in the database so the limits hold across gunicorn
+-- workers and restarts. A successful login deletes its email's rows; old rows are pruned.
+CREATE TABLE IF NOT EXISTS "login_attempt" (
+    "id" INTEGER PRIMARY KEY,
+    "email" TEXT NOT NULL,
+    "address" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS "login_attempt_email" ON "login_attempt" ("email", "created_at");
+CREATE INDEX IF NOT EXISTS "login_attempt_address" ON "login_attempt" ("address", "created_at");

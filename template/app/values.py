@@ -1,0 +1,148 @@
+"""How field values move between forms, the database, pages and CSV files.
+
+Decimals are stored exactly, as INTEGER scaled by 10^places: 12.30 with places 2 is
+1230 in the database and "12.30" everywhere a person sees it. Every entity module uses
+these helpers, so the rules live in one place.
+"""
+from datetime import date, datetime, timezone
+from decimal import Decimal
+
+from wtforms.validators import StopValidation, ValidationError
+
+# SQLite's INTEGER is a signed 64-bit number.
+INTEGER_MIN = -(2**63)
+INTEGER_MAX = 2**63 - 1
+
+
+def now():
+    """The current UTC time as stored in created_at / updated_at."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decimal_to_db(value, places):
+    """Decimal("12.30"), 2 -> 1230. None stays None. Refuses to round."""
+    if value is None:
+        return None
+    scaled = value.scaleb(places)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{value} has more than {places} decimal places")
+    return int(scaled)
+
+
+def decimal_from_db(value, places):
+    """1230, 2 -> Decimal("12.30"). None stays None."""
+    if value is None:
+        return None
+    return Decimal(value).scaleb(-places)
+
+
+def format_decimal(value, places):
+    """1230, 2 -> "12.30"; None -> ""."""
+    if value is None:
+        return ""
+    return f"{decimal_from_db(value, places):f}"
+
+
+def date_to_db(value):
+    """date(2024, 1, 31) -> "2024-01-31"."""
+    return value.isoformat() if value is not None else None
+
+
+def date_from_db(value):
+    return date.fromisoformat(value) if value is not None else None
+
+
+def datetime_to_db(value):
+    """datetime(2024, 1, 31, 8, 30) -> "2024-01-31T08:30:00"."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S") if value is not None else None
+
+
+def datetime_from_db(value):
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S") if value is not None else None
+
+
+def format_datetime(value):
+    """"2024-01-31T08:30:00" -> "2024-01-31 08:30:00"; None -> ""."""
+    if value is None:
+        return ""
+    return value.replace("T", " ")
+
+
+def like_pattern(text):
+    """A LIKE pattern matching `text` anywhere, for use with ESCAPE '\\'.
+
+    % and _ typed by a user are matched literally, not as wildcards.
+    """
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def csv_text(value):
+    """A cell for text a user typed: never read as a formula by a spreadsheet.
+
+    Cells starting with = + - @ (or a tab / carriage return) get a leading
+    apostrophe. Numbers and dates the app formats itself are written as they are.
+    """
+    if value is None:
+        return ""
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def empty_to_none(value):
+    """WTForms filter: an empty or blank input is stored as NULL, not ''."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def strip(value):
+    """WTForms filter for one-line text inputs."""
+    return value.strip() if isinstance(value, str) else value
+
+
+def text_or_none(value):
+    """SelectField coerce for choices: "" (no choice) -> None."""
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def int_or_none(value):
+    """SelectField coerce for refs: "" (no choice) -> None, "7" -> 7."""
+    if value is None or value == "":
+        return None
+    return int(value)
+
+
+def skip_if_unparsed(form, field):
+    """Validator: stop when the input could not be parsed (its error is shown)."""
+    if field.process_errors:
+        raise StopValidation()
+
+
+class ExactDecimal:
+    """Validator for decimal fields: a finite number, at most `places` decimal
+    places (never silently rounded), and small enough for the database."""
+
+    def __init__(self, places):
+        self.places = places
+        self.largest = Decimal(INTEGER_MAX).scaleb(-places)
+
+    def __call__(self, form, field):
+        value = field.data
+        if value is None:
+            return
+        if not value.is_finite():
+            raise StopValidation("Not a valid decimal value.")
+        if abs(value) > self.largest:
+            raise StopValidation("Number is too large.")
+        if value != value.quantize(Decimal(1).scaleb(-self.places)):
+            raise StopValidation(f"Use at most {self.places} decimal places.")
+
+
+def web_url(form, field):
+    """Validator: only http and https links (no javascript: or file: URLs)."""
+    if field.data and not field.data.lower().startswith(("http://", "https://")):
+        raise ValidationError("Use a link starting with http:// or https://.")

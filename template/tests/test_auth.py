@@ -1,0 +1,187 @@
+"""Sign up, log in, log out, change password, and where login sends you afterwards."""
+
+import pytest
+from flask import g, session
+
+from app import create_app
+from app.auth import hash_password
+from app.db import get_db
+
+from conftest import PASSWORD, AuthActions
+
+
+def test_signup_page(client):
+    response = client.get("/signup")
+    assert response.status_code == 200
+    for name in ("account", "email", "password", "confirm"):
+        assert f'name="{name}"'.encode() in response.data
+
+
+def test_signup_creates_account_and_user_and_logs_in(app, client, auth):
+    response = auth.signup(email="Owner@Example.com", account="Acme Cheese")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    with app.app_context():
+        user = get_db().execute(
+            'SELECT "user".*, "account"."name" AS account_name FROM "user" JOIN "account" ON "account"."id" = "user"."account_id"'
+        ).fetchone()
+    assert user["email"] == "owner@example.com"  # stored lower-case
+    assert user["account_name"] == "Acme Cheese"
+    assert user["password_hash"].startswith("scrypt:")
+    assert PASSWORD not in user["password_hash"]
+    with client:
+        client.get("/")
+        assert g.user["email"] == "owner@example.com"
+        assert session["user_id"] == user["id"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("account", "", b"This field is required."),
+        ("account", "x" * 101, b"Field cannot be longer than 100 characters."),
+        ("email", "", b"This field is required."),
+        ("email", "not-an-email", b"Invalid email address."),
+        ("password", "short", b"Field must be between 8 and 200 characters long."),
+        ("confirm", "something else", b"The passwords do not match."),
+    ],
+)
+def test_signup_validation(app, client, field, value, message):
+    data = {"account": "Acme", "email": "owner@example.com", "password": PASSWORD, "confirm": PASSWORD}
+    data[field] = value
+    response = client.post("/signup", data=data)
+    assert response.status_code == 200
+    assert message in response.data
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "account"').fetchone()[0] == 0
+
+
+def test_signup_with_existing_email(app, client, auth):
+    auth.signup()
+    auth.logout()
+    response = auth.signup(email="OWNER@example.com", account="Someone else")
+    assert response.status_code == 200
+    assert b"An account with this email already exists." in response.data
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "account"').fetchone()[0] == 1
+
+
+def test_login_and_logout(client, auth):
+    auth.signup()
+    auth.logout()
+    assert client.get("/login").status_code == 200
+    response = auth.login(email="OWNER@example.com")  # emails are not case-sensitive
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    with client:
+        client.get("/")
+        assert g.user["email"] == "owner@example.com"
+        response = auth.logout()
+        assert response.status_code == 302
+        assert "user_id" not in session
+    response = client.get("/")
+    assert b"Log in" in response.data
+
+
+def test_logout_needs_post(client, auth):
+    auth.signup()
+    assert client.get("/logout").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("owner@example.com", "wrong password"),
+        ("nobody@example.com", PASSWORD),
+    ],
+)
+def test_login_refused(client, auth, email, password):
+    auth.signup()
+    auth.logout()
+    response = auth.login(email=email, password=password)
+    assert response.status_code == 200
+    assert b"Wrong email or password." in response.data
+    with client.session_transaction() as s:
+        assert "user_id" not in s
+
+
+def test_login_required_sends_back_after_login(client, auth):
+    auth.signup()
+    auth.logout()
+    response = client.get("/account/password")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/account/password"
+    response = auth.login(query_string={"next": "/account/password"})
+    assert response.headers["Location"] == "/account/password"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example/",
+        "\\\\evil.example/",
+        "/\t/evil.example/",
+        "http:/evil.example/",
+        "javascript:alert(1)",
+        "evil.example",
+        "",
+    ],
+)
+def test_login_refuses_open_redirect(client, auth, target):
+    auth.signup()
+    auth.logout()
+    response = auth.login(query_string={"next": target})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/"
+    response = client.post("/login", data={"email": "owner@example.com", "password": PASSWORD, "next": target})
+    assert response.headers["Location"] == "/"
+
+
+def test_change_password(app, client, auth):
+    auth.signup()
+    response = client.post(
+        "/account/password",
+        data={"current_password": PASSWORD, "password": "a new long password", "confirm": "a new long password"},
+    )
+    assert response.status_code == 302
+    auth.logout()
+    assert b"Wrong email or password." in auth.login().data
+    assert auth.login(password="a new long password").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "confirm", "message"),
+    [
+        ("wrong password", "a new long password", "a new long password", b"This is not your current password."),
+        (PASSWORD, "short", "short", b"Field must be between 8 and 200 characters long."),
+        (PASSWORD, "a new long password", "another one entirely", b"The passwords do not match."),
+    ],
+)
+def test_change_password_refused(client, auth, current, new, confirm, message):
+    auth.signup()
+    response = client.post("/account/password", data={"current_password": current, "password": new, "confirm": confirm})
+    assert response.status_code == 200
+    assert message in response.data
+    auth.logout()
+    assert auth.login().status_code == 302  # the old password still works
+
+
+def test_change_password_ends_other_sessions(app, client, auth):
+    auth.signup()
+    laptop = app.test_client()
+    assert AuthActions(laptop).login().status_code == 302
+    client.post(
+        "/account/password",
+        data={"current_password": PASSWORD, "password": "a new long password", "confirm": "a new long password"},
+    )
+    assert client.get("/account/password").status_code == 200  # this session goes on
+    assert laptop.get("/account/password").status_code == 302  # the other one is logged out
+
+
+def test_production_hashes_with_full_strength_scrypt(tmp_path, monkeypatch):
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    app = create_app({"DATA_DIR": str(tmp_path)})  # no test config: the real defaults
+    with app.app_context():
+        assert hash_password("correct horse battery").startswith("scrypt:32768:8:1$")

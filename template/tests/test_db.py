@@ -1,0 +1,48 @@
+"""The connection's pragmas and `flask --app app migrate` creating the database."""
+
+import sqlite3
+
+import pytest
+
+from app import create_app
+from app.db import connect, get_db
+
+from conftest import TEST_CONFIG
+
+
+def test_connection_pragmas(app):
+    with app.app_context():
+        db = get_db()
+        assert db is get_db()  # one connection per request
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert isinstance(db.execute("SELECT 1 AS one").fetchone(), sqlite3.Row)
+    with pytest.raises(sqlite3.ProgrammingError):
+        db.execute("SELECT 1")  # closed at teardown
+
+
+def test_migrate_creates_then_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    app = create_app({**TEST_CONFIG, "DATA_DIR": str(tmp_path)})
+    first = app.test_cli_runner().invoke(args=["migrate"])
+    assert first.exit_code == 0
+    assert 'created table "account"' in first.output
+    assert 'created table "user"' in first.output
+    assert 'created table "login_attempt"' in first.output
+    assert first.output.rstrip().endswith("changes).")
+    second = app.test_cli_runner().invoke(args=["migrate"])
+    assert second.exit_code == 0
+    assert second.output == f"{app.config['DATABASE']}: up to date, nothing to do.\n"
+
+
+def test_migrate_adds_what_is_missing(app, runner):
+    conn = connect(app.config["DATABASE"])
+    conn.execute('DROP INDEX "login_attempt_address"')
+    conn.close()
+    result = runner.invoke(args=["migrate"])
+    assert result.output.splitlines()[0] == 'created index "login_attempt_address"'
+
+
+# Changing existing tables (renames, rebuilds, refusals): see test_migrate.py.

@@ -1,0 +1,170 @@
+"""`flask --app app migrate` on an existing database: app/migrate.py.
+
+These tests change the schema by hand, on an extra "app_note" table, so that they hold
+whatever the spec's entities are.
+"""
+
+import hashlib
+import sqlite3
+
+import pytest
+
+from app import migrate
+from app.db import connect, read_schema
+
+NOTE = """
+CREATE TABLE IF NOT EXISTS "{table}" (
+  "id" INTEGER PRIMARY KEY,
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
+  {columns}
+) STRICT;
+CREATE INDEX IF NOT EXISTS "{table}(account_id)" ON "{table}" ("account_id");
+"""
+
+
+def note_schema(columns, table="app_note"):
+    return read_schema() + NOTE.format(table=table, columns=",\n  ".join(columns))
+
+
+def entities(fields, name="app_note", renamed_from=None):
+    """ENTITIES plus the "app_note" entity: {field: (type, places, renamed_from)}."""
+    note = {
+        "renamed_from": renamed_from,
+        "fields": {f: {"type": t, "places": p, "renamed_from": r} for f, (t, p, r) in fields.items()},
+    }
+    return {**migrate.ENTITIES, name: note}
+
+
+def file_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def db(app):
+    """The app's migrated database with an "app_note" table holding three rows."""
+    conn = connect(app.config["DATABASE"])
+    migrate.migrate(conn, note_schema(['"amount" INTEGER', '"title" TEXT']),
+                    entities({"amount": ("integer", None, None), "title": ("string", None, None)}))
+    conn.execute("INSERT INTO account (name) VALUES ('Acme')")
+    conn.executemany(
+        'INSERT INTO "app_note" ("account_id", "amount", "title") VALUES (1, ?, ?)',
+        [(12, "one"), (None, "two"), (7, "two")],
+    )
+    conn.commit()
+    yield conn
+    conn.close()
+
+
+def notes(conn, columns):
+    return [tuple(r) for r in conn.execute(f'SELECT {columns} FROM "app_note" ORDER BY "id"')]
+
+
+def test_up_to_date_is_a_no_op(app, runner):
+    path = app.config["DATABASE"]
+    before = file_hash(path)
+    result = runner.invoke(args=["migrate"])
+    assert result.exit_code == 0
+    assert result.output == f"{path}: up to date, nothing to do.\n"
+    assert file_hash(path) == before
+
+
+def test_dry_run_writes_nothing(app, db, monkeypatch):
+    path = app.config["DATABASE"]
+    db.close()
+    before = file_hash(path)
+    monkeypatch.setattr(migrate, "read_schema", lambda: note_schema(
+        ['"amount" INTEGER', '"title" TEXT', '"done" INTEGER NOT NULL DEFAULT 0']
+    ) + 'CREATE TABLE "extra" ("id" INTEGER PRIMARY KEY);')
+    result = migrate.run(path, app.config["DATA_DIR"] + "/backups", dry_run=True)
+    assert 'created table "extra"' in result.steps
+    assert 'rebuilt table "app_note" (3 rows): added "done"' in result.steps
+    assert file_hash(path) == before
+    conn = connect(path)
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'extra'").fetchone()[0] == 0
+    conn.close()
+
+
+def test_dry_run_command_on_an_up_to_date_database(app, runner):
+    result = runner.invoke(args=["migrate", "--dry-run"])
+    assert result.exit_code == 0
+    assert result.output.endswith("up to date, nothing to do.\n")
+
+
+def test_a_new_column_keeps_every_row_and_is_recorded(db):
+    result = migrate.migrate(
+        db, note_schema(['"amount" INTEGER', '"title" TEXT', '"done" INTEGER NOT NULL DEFAULT 0']),
+        entities({"amount": ("integer", None, None), "title": ("string", None, None),
+                  "done": ("boolean", None, None)}),
+    )
+    assert result.steps == ['rebuilt table "app_note" (3 rows): added "done"']
+    assert notes(db, '"id", "amount", "title", "done"') == [(1, 12, "one", 0), (2, None, "two", 0), (3, 7, "two", 0)]
+    summary = db.execute('SELECT "summary" FROM "app_migration" ORDER BY "id" DESC').fetchone()[0]
+    assert summary == result.steps[0]
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # on again afterwards
+
+
+def test_integer_to_decimal_and_a_field_rename(db):
+    result = migrate.migrate(
+        db, note_schema(['"price" INTEGER', '"title" TEXT']),
+        entities({"price": ("decimal", 2, "amount"), "title": ("string", None, None)}),
+    )
+    assert result.steps[0] == 'renamed column "app_note"."amount" to "price"'
+    assert notes(db, '"price"') == [(1200,), (None,), (700,)]
+
+
+def test_an_entity_rename_keeps_rows_and_renames_indexes(db):
+    schema = note_schema(['"amount" INTEGER', '"title" TEXT'], table="app_memo")
+    result = migrate.migrate(
+        db, schema,
+        entities({"amount": ("integer", None, None), "title": ("string", None, None)}, "app_memo", "app_note"),
+    )
+    assert result.steps[0] == 'renamed table "app_note" to "app_memo"'
+    assert 'created index "app_memo(account_id)"' in result.steps
+    assert db.execute('SELECT count(*) FROM "app_memo"').fetchone()[0] == 3
+
+
+def test_a_removed_column_is_kept_until_drop_removed(db):
+    schema = note_schema(['"title" TEXT'])
+    fields = entities({"title": ("string", None, None)})
+    result = migrate.migrate(db, schema, fields)
+    assert result.kept == ['column "app_note"."amount" is no longer in the spec; its data is kept (--drop-removed drops it)']
+    assert notes(db, '"amount"') == [(12,), (None,), (7,)]
+    db.execute('INSERT INTO "app_note" ("account_id", "title") VALUES (1, \'new\')')  # the app's insert
+    assert migrate.migrate(db, schema, fields).steps == []  # kept: nothing more to do
+    result = migrate.migrate(db, schema, fields, drop_removed=True)
+    assert result.steps == ['rebuilt table "app_note" (4 rows): dropped "amount" and its data']
+    assert "amount" not in [r[1] for r in db.execute('PRAGMA table_info("app_note")')]
+
+
+@pytest.mark.parametrize(
+    "columns, fields, message",
+    [
+        (['"amount" INTEGER NOT NULL', '"title" TEXT'], {}, '"app_note" id 2: NOT NULL constraint failed: app_note.amount'),
+        (['"amount" INTEGER', '"title" TEXT', 'UNIQUE ("account_id", "title")'], {},
+         '"app_note" id 3: UNIQUE constraint failed: app_note.account_id, app_note.title'),
+        (['"amount" INTEGER', '"title" TEXT CHECK ("title" IN (\'one\'))'], {}, '"app_note" id 2: CHECK constraint failed'),
+        (['"amount" INTEGER', '"title" INTEGER'], {"title": ("integer", None, None)},
+         "\"app_note\" id 1: \"title\" = 'one' is not a whole number"),
+    ],
+)
+def test_impossible_migrations_change_nothing(app, db, columns, fields, message):
+    path = app.config["DATABASE"]
+    db.close()
+    before = file_hash(path)
+    conn = connect(path)
+    with pytest.raises(migrate.MigrationRefused) as refused:
+        migrate.migrate(conn, note_schema(columns), entities(
+            {"amount": ("integer", None, None), "title": ("string", None, None), **fields}))
+    assert message in str(refused.value)
+    conn.close()
+    assert file_hash(path) == before
+
+
+def test_a_backup_is_taken_before_existing_data_changes(app, db, monkeypatch):
+    db.close()
+    monkeypatch.setattr(migrate, "read_schema", lambda: note_schema(['"title" TEXT']))
+    result = migrate.run(app.config["DATABASE"], app.config["DATA_DIR"] + "/backups")
+    copy = sqlite3.connect(result.backup)
+    assert copy.execute('SELECT "amount" FROM "app_note" ORDER BY "id"').fetchall() == [(12,), (None,), (7,)]
+    copy.close()

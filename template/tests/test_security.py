@@ -1,0 +1,271 @@
+"""Secret key, session cookie, CSRF, security headers, login throttling, escaping."""
+
+import os
+import re
+import stat
+
+import pytest
+from flask import session
+
+from app import create_app
+from app.db import get_db
+
+from conftest import PASSWORD, TEST_CONFIG, AuthActions
+
+
+def make_app(data_dir, **config):
+    """Another app on the same data folder, as a second worker or a restart would be."""
+    return create_app({**TEST_CONFIG, "DATA_DIR": str(data_dir), **config})
+
+
+def count(app, table):
+    with app.app_context():
+        return get_db().execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+
+
+# -- secret key -------------------------------------------------------------------
+
+
+def test_secret_key_file_created_private_and_reused(app, tmp_path):
+    path = tmp_path / "secret_key"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(app.config["SECRET_KEY"]) >= 32
+    assert app.config["SECRET_KEY"] == path.read_text().strip()
+    assert make_app(tmp_path).config["SECRET_KEY"] == app.config["SECRET_KEY"]
+
+
+def test_secret_key_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "from-the-environment")
+    app = make_app(tmp_path)
+    assert app.config["SECRET_KEY"] == "from-the-environment"
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_no_debug_by_default(app, monkeypatch):
+    monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    assert not make_app(app.config["DATA_DIR"]).debug
+
+
+# -- session cookie ---------------------------------------------------------------
+
+
+def session_cookie_header(response):
+    return next(h for h in response.headers.getlist("Set-Cookie") if "_session=" in h)
+
+
+def test_session_cookie_flags_over_http(client, auth):
+    cookie = session_cookie_header(auth.signup())
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie
+    assert "Expires=" in cookie  # a permanent session, with PERMANENT_SESSION_LIFETIME
+
+
+def test_session_cookie_secure_behind_https_proxy(client, auth):
+    auth.client.environ_base["HTTP_X_FORWARDED_PROTO"] = "https"
+    assert "Secure" in session_cookie_header(auth.signup())
+
+
+def test_session_cookie_secure_forced(tmp_path, monkeypatch):
+    monkeypatch.setenv("SESSION_COOKIE_SECURE", "1")
+    app = make_app(tmp_path)
+    app.test_cli_runner().invoke(args=["migrate"])
+    assert "Secure" in session_cookie_header(AuthActions(app.test_client()).signup())
+
+
+def test_session_renewed_at_login(client, auth):
+    auth.signup()
+    auth.logout()
+    with client.session_transaction() as s:
+        s["planted"] = "by someone else"
+    auth.login()
+    with client:
+        client.get("/")
+        assert "planted" not in session
+        assert session.permanent
+
+
+# -- CSRF -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def csrf_app(app):
+    app.config["WTF_CSRF_ENABLED"] = True
+    return app
+
+
+def csrf_token(client, url):
+    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', client.get(url).data).group(1).decode()
+
+
+def test_csrf_refuses_post_without_token(csrf_app, client):
+    data = {"account": "Acme", "email": "owner@example.com", "password": PASSWORD, "confirm": PASSWORD}
+    response = client.post("/signup", data=data)
+    assert response.status_code == 400
+    assert b"did not come from this site" in response.data
+    assert count(csrf_app, "account") == 0 and count(csrf_app, "user") == 0
+    data["csrf_token"] = csrf_token(client, "/signup")
+    assert client.post("/signup", data=data).status_code == 302
+    assert count(csrf_app, "account") == 1
+
+
+def test_csrf_refuses_password_change_and_logout_without_token(csrf_app, client):
+    token = csrf_token(client, "/signup")
+    client.post(
+        "/signup",
+        data={"account": "Acme", "email": "owner@example.com", "password": PASSWORD, "confirm": PASSWORD, "csrf_token": token},
+    )
+    with csrf_app.app_context():
+        before = get_db().execute('SELECT "password_hash" FROM "user"').fetchone()[0]
+    response = client.post(
+        "/account/password",
+        data={"current_password": PASSWORD, "password": "a new long password", "confirm": "a new long password"},
+    )
+    assert response.status_code == 400
+    with csrf_app.app_context():
+        assert get_db().execute('SELECT "password_hash" FROM "user"').fetchone()[0] == before
+    assert client.post("/logout").status_code == 400
+    assert client.get("/account/password").status_code == 200  # still logged in
+
+
+def test_csrf_token_accepted_as_htmx_header(csrf_app, client, auth):
+    token = csrf_token(client, "/login")
+    response = client.post("/logout", headers={"X-CSRFToken": token})
+    assert response.status_code == 302
+
+
+# -- headers and error pages ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/", "/login", "/no-such-page", "/static/style.css", "/healthz"])
+def test_security_headers(client, url):
+    headers = client.get(url).headers
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status", "text"),
+    [
+        ("get", "/no-such-page", 404, b"Page not found"),
+        ("post", "/healthz", 405, b"Method not allowed"),
+    ],
+)
+def test_error_pages(client, method, url, status, text):
+    response = getattr(client, method)(url)
+    assert response.status_code == status
+    assert text in response.data
+    assert b'href="/static/style.css' in response.data  # the app's own layout
+
+
+def test_500_page_shows_no_details(app, client):
+    app.testing = False  # let the error handler answer instead of raising into the test
+
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert b"Something went wrong" in response.data
+    assert b"secret detail" not in response.data
+
+
+@pytest.mark.parametrize("url", ["/", "/signup", "/login", "/no-such-page"])
+def test_no_inline_script_or_style(client, url):
+    page = client.get(url).data
+    assert re.findall(rb"<script(?![^>]*\bsrc=)", page) == []
+    assert b"<style" not in page and b" style=" not in page
+
+
+def test_account_name_is_escaped(client, auth):
+    auth.signup(account="<script>alert(1)</script>")
+    page = client.get("/").data
+    assert b"<script>alert(1)</script>" not in page
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# -- login throttling -------------------------------------------------------------
+
+
+def fail(app, email="owner@example.com", address="127.0.0.1", times=1):
+    client = app.test_client()
+    for _ in range(times):
+        response = AuthActions(client).login(email=email, password="wrong password", environ_base={"REMOTE_ADDR": address})
+        assert response.status_code == 200
+    return response
+
+
+def test_throttled_per_email(app, client, auth):
+    auth.signup()
+    auth.logout()
+    fail(app, times=5)
+    response = auth.login()  # even the right password is refused now
+    assert response.status_code == 429
+    assert b"Too many failed log-in attempts" in response.data
+    assert "Retry-After" in response.headers
+    with client.session_transaction() as s:
+        assert "user_id" not in s
+    # Other emails are not affected.
+    assert AuthActions(app.test_client()).signup(email="second@example.com").status_code == 302
+    assert AuthActions(app.test_client()).login(email="second@example.com").status_code == 302
+
+
+def test_throttled_per_address(app, auth):
+    auth.signup()
+    auth.logout()
+    for n in range(20):
+        fail(app, email=f"guess{n}@example.com", address="203.0.113.9")
+    response = auth.login(environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert response.status_code == 429
+    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
+
+
+def test_client_address_comes_from_the_proxy(app, auth):
+    """Behind nginx every request comes from 127.0.0.1; X-Forwarded-For tells them apart."""
+    auth.signup()
+    auth.logout()
+    client = app.test_client()
+    for n in range(20):
+        client.post(
+            "/login",
+            data={"email": f"guess{n}@example.com", "password": "wrong password"},
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )
+    assert auth.login(headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+    assert auth.login(headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 302
+
+
+def test_throttling_holds_across_workers_and_restarts(app, tmp_path):
+    AuthActions(app.test_client()).signup()
+    fail(app, times=3)
+    restarted = make_app(tmp_path)
+    fail(restarted, times=2)
+    assert AuthActions(make_app(tmp_path).test_client()).login().status_code == 429
+
+
+def test_successful_login_clears_email_failures(app, auth):
+    auth.signup()
+    auth.logout()
+    fail(app, times=4)
+    assert auth.login().status_code == 302
+    auth.logout()
+    fail(app, times=4)
+    assert auth.login().status_code == 302
+
+
+def test_old_failures_expire(app, auth):
+    auth.signup()
+    auth.logout()
+    fail(app, times=5)
+    assert auth.login().status_code == 429
+    with app.app_context():
+        db = get_db()
+        db.execute("""UPDATE "login_attempt" SET "created_at" = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-16 minutes')""")
+        db.commit()
+    assert auth.login().status_code == 302

@@ -1,0 +1,135 @@
+"""Shared fixtures: a committed copy of the template, projects, generated apps, servers.
+
+Every generated app has the same dependencies, so the tests run all apps with this
+interpreter (scripts/test installs them into .venv) instead of one venv per app; one test
+installs an app into its own venv to prove that works too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from generator import fleet, ports
+from generator.project import Project
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "apps", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis",
+    "test-artifacts", "build",
+)
+
+
+def git(cwd, *args):
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args],
+                   cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def template_repo(tmp_path_factory) -> Path:
+    """The working tree as a committed repository, so tests render what is on disk."""
+    dest = tmp_path_factory.mktemp("template") / "vgen"
+    shutil.copytree(ROOT, dest, ignore=IGNORE)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "template under test")
+    return dest
+
+
+@pytest.fixture
+def project(template_repo, tmp_path) -> Project:
+    """A private clone of the template repository, with apps going to tmp_path/apps."""
+    root = tmp_path / "vgen"
+    subprocess.run(["git", "clone", "-q", "--local", str(template_repo), str(root)], check=True)
+    return Project(root=root, out=tmp_path / "apps")
+
+
+def write_spec(project: Project, slug: str, text: str) -> Path:
+    path = project.spec_path(slug)
+    path.write_text(text)
+    return path
+
+
+def generate(project: Project, slugs=None, jobs=2) -> dict[str, fleet.Outcome]:
+    jobs_, failures, _ = fleet.plan(project, slugs)
+    outcomes = fleet.run(jobs_, jobs) + failures
+    return {o.slug: o for o in outcomes}
+
+
+def port_of(project: Project, slug: str) -> int:
+    return ports.load(project.ports_path).ports[slug]
+
+
+def app_env(app_dir: Path, data_dir: Path | None = None) -> dict:
+    env = dict(os.environ)
+    env["DATA_DIR"] = str(data_dir or app_dir / "instance")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_app_tests(app_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist"],
+        cwd=app_dir, env=app_env(app_dir), capture_output=True, text=True,
+    )
+
+
+def migrate(app_dir: Path, data_dir: Path | None = None, python=sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "flask", "--app", "app", "migrate"], cwd=app_dir,
+                          env=app_env(app_dir, data_dir), capture_output=True, text=True, check=True)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def wait_port_free(port: int, timeout: float = 60) -> None:
+    """Tests that serve an example on its registered port take turns for it."""
+    deadline = time.monotonic() + timeout
+    while not port_is_free(port):
+        if time.monotonic() > deadline:
+            pytest.fail(f"port {port} stayed busy for {timeout:.0f}s (scripts/run running?)")
+        time.sleep(0.2)
+
+
+def wait_for(url: str, timeout: float = 30) -> tuple[int, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def gunicorn(app_dir: Path, data_dir: Path | None = None, python=sys.executable, extra=()):
+    """Run the app under gunicorn with its generated config; yield the process."""
+    migrate(app_dir, data_dir, python)
+    log = open(app_dir.parent / f"{app_dir.name}-gunicorn.log", "w")
+    proc = subprocess.Popen([python, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra],
+                            cwd=app_dir, env=app_env(app_dir, data_dir), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,449 @@
+"""`flask --app app backup` and `restore` on a generated app, with real processes.
+
+Each test runs the app's own CLI in a subprocess, as cron (through the backup unit) and
+the founder would, against a DATA_DIR of its own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_ANSWERS = REPO / "tests" / "fixtures" / "answers-sample.yml"
+NOW = "2024-01-31T08:30:00Z"
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory):
+    """The sample app, rendered with copier as a user would (the lead may share this)."""
+    dest = tmp_path_factory.mktemp("apps") / "sample"
+    subprocess.run(
+        ["copier", "copy", "--trust", "--defaults", "--quiet", "--data-file", str(SAMPLE_ANSWERS), str(REPO), str(dest)],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+class App:
+    """The rendered app with a DATA_DIR of its own; runs its CLI in subprocesses."""
+
+    def __init__(self, path: Path, data_dir: Path):
+        self.path = path
+        self.data_dir = data_dir
+        self.database = data_dir / "sample.db"
+        self.backups = data_dir / "backups"
+        self.env = dict(os.environ, DATA_DIR=str(data_dir))
+        self.env.pop("BACKUP_OFFSITE_COMMAND", None)
+
+    def flask(self, *args, env=None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=self.path,
+            env=dict(self.env, **(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def backup(self, **env) -> Path:
+        done = self.flask("backup", env=env)
+        assert done.returncode == 0, done.stderr
+        return Path(self.last()["file"])
+
+    def last(self) -> dict:
+        return json.loads((self.backups / "last.json").read_text())
+
+    def connect(self, path=None) -> sqlite3.Connection:
+        return sqlite3.connect(path or self.database)
+
+    def dump(self, path=None) -> list[str]:
+        db = self.connect(path)
+        try:
+            return list(db.iterdump())
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def app(app_dir, tmp_path):
+    app = App(app_dir, tmp_path / "data")
+    done = app.flask("migrate")
+    assert done.returncode == 0, done.stderr
+    db = app.connect()
+    db.execute('INSERT INTO "account" ("id", "name") VALUES (1, \'Acme\')')
+    db.executemany(
+        'INSERT INTO "aging_room" ("account_id", "name", "temperature_c", "created_at", "updated_at")'
+        " VALUES (1, ?, ?, ?, ?)",
+        [(f"room {i:05d} " + "x" * 40, i % 300, NOW, NOW) for i in range(20000)],
+    )
+    db.commit()
+    db.close()
+    return app
+
+
+def integrity(path) -> str:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        db.close()
+
+
+def ids(path, table="aging_room") -> set[int]:
+    db = sqlite3.connect(path)
+    try:
+        return {row[0] for row in db.execute(f'SELECT "id" FROM "{table}"')}
+    finally:
+        db.close()
+
+
+# -- backup -----------------------------------------------------------------------
+
+WRITER = """
+import datetime, os, sys
+sys.path.insert(0, ".")
+from app.db import connect  # the app's own connection: WAL, busy_timeout
+
+db = connect(sys.argv[1])
+i = 0
+while not os.path.exists(sys.argv[2]):
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    db.execute(
+        'INSERT INTO "aging_room" ("account_id", "name", "created_at", "updated_at") VALUES (1, ?, ?, ?)',
+        (f"written {i}", now, now),
+    )
+    db.commit()
+    i += 1
+print(i)
+"""
+
+
+def test_backup_under_load_holds_every_committed_row(app, tmp_path):
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(app.database), str(stop)],
+        cwd=app.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        results = []
+        for _ in range(3):
+            time.sleep(0.3)
+            committed = ids(app.database)  # everything committed before this backup began
+            path = app.backup()
+            results.append((committed, path, app.last()))
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and not err, err  # never "database is locked"
+    assert int(out) > 100, "the writer should have committed rows during the backups"
+    for committed, path, last in results:
+        assert last["verified"] is True and last["error"] is None
+        assert last["size"] == path.stat().st_size and path.name.startswith("sample-")
+        assert integrity(path) == "ok"
+        assert committed <= ids(path)
+        assert last["tables"]["aging_room"] == len(ids(path))
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        assert not Path(f"{path}-wal").exists()  # a self-contained file
+    assert len(ids(app.database)) == 20000 + int(out)
+    assert not list(app.backups.glob(".tmp-*"))
+
+
+def test_backup_records_a_failure_and_keeps_the_last_good(app):
+    good = app.backup()
+    done = app.flask("backup", env={"BACKUP_OFFSITE_COMMAND": "false"})
+    assert done.returncode == 1 and "Off-site copy failed" in done.stderr
+    last = app.last()
+    assert last["verified"] is True and "exited with 1" in last["error"]
+    assert last["last_good"]["file"] == last["file"] != str(good)
+
+    app.database.unlink()
+    done = app.flask("backup")
+    assert done.returncode == 1 and "no database" in done.stderr
+    last = app.last()
+    assert last["verified"] is False and last["file"] is None
+    assert last["last_good"]["file"] != str(good) and Path(last["last_good"]["file"]).exists()
+
+
+def test_offsite_command_gets_the_verified_file(app, tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    path = app.backup(BACKUP_OFFSITE_COMMAND=f"sh -c 'cp \"$0\" {remote}/'")
+    assert (remote / path.name).read_bytes() == path.read_bytes()
+    assert app.last()["offsite"]["ok"] is True
+
+
+ROTATE = """
+import datetime, json, sys
+sys.path.insert(0, ".")
+from pathlib import Path
+from app.backup import rotate
+
+folder = Path(sys.argv[1])
+newest = datetime.datetime(2024, 3, 15, 3, 17)
+for days in range(400):
+    taken = newest - datetime.timedelta(days=days)
+    (folder / f"sample-{taken:%Y%m%dT%H%M%SZ}.db").touch()
+(folder / "sample-20240315T031700Z-1.db").touch()  # a second backup in the same second
+(folder / "pre-restore-sample-20200101T000000Z.db").touch()  # never rotated
+(folder / "notes.txt").touch()
+rotate(folder, "sample")
+print(json.dumps(sorted(p.name for p in folder.iterdir())))
+"""
+
+
+def test_rotation_keeps_7_daily_4_weekly_12_monthly(app_dir, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", ROTATE, str(tmp_path)], cwd=app_dir, capture_output=True, text=True, check=True
+    )
+    kept = {name[7:15] for name in json.loads(done.stdout) if name.startswith("sample-")}
+    daily = {f"202403{d:02d}" for d in range(9, 16)}
+    weekly = {"20240303", "20240225"}  # newest of ISO weeks 9 and 8 (weeks 11, 10 are daily)
+    monthly = {"20240229", "20240131", "20231231", "20231130", "20231031", "20230930",
+               "20230831", "20230731", "20230630", "20230531", "20230430"}
+    assert kept == daily | weekly | monthly
+    names = json.loads(done.stdout)
+    # Everything from the newest backup's last 24 hours stays, whatever the slots say.
+    assert "sample-20240315T031700Z-1.db" in names and "sample-20240315T031700Z.db" in names
+    assert "pre-restore-sample-20200101T000000Z.db" in names and "notes.txt" in names
+
+
+# -- restore ----------------------------------------------------------------------
+
+
+def test_restore_round_trip_is_exact(app):
+    before = app.dump()
+    path = app.backup()
+    db = app.connect()
+    db.execute('UPDATE "aging_room" SET "temperature_c" = 7 WHERE "id" < 100')
+    db.execute('DELETE FROM "aging_room" WHERE "id" BETWEEN 500 AND 600')
+    db.execute("""INSERT INTO "aging_room" ("account_id", "name", "created_at", "updated_at") VALUES (1, 'new', 'x', 'x')""")
+    db.commit()
+    db.close()
+    changed = app.dump()
+    assert changed != before
+
+    done = app.flask("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    assert app.dump() == before == app.dump(path)
+    assert integrity(app.database) == "ok"
+    [safety] = app.backups.glob("pre-restore-sample-*.db")
+    assert app.dump(safety) == changed
+    assert "Saved the current database as" in done.stdout
+
+
+def foreign_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript('CREATE TABLE "account" (id); CREATE TABLE "user" (id); CREATE TABLE "hive" (id);')
+    db.close()
+
+
+def not_an_app_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE notes (id, body); INSERT INTO notes VALUES (1, 'hello');")
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated mid-page", "not a readable SQLite database|truncated"),
+        ("truncated at a page boundary", "truncated"),
+        ("text", "not an SQLite database"),
+        ("empty", "not an SQLite database"),
+        ("another app's", "unknown tables hive"),
+        ("no app tables", "no account, user table"),
+        ("missing", "no such file"),
+    ],
+)
+def test_restore_refuses_a_bad_file_and_changes_nothing(app, tmp_path, kind, message):
+    good = app.backup().read_bytes()
+    bad = tmp_path / "bad.db"
+    if kind == "truncated mid-page":
+        bad.write_bytes(good[: len(good) // 2 + 100])
+    elif kind == "truncated at a page boundary":
+        bad.write_bytes(good[: (len(good) // 4096 // 2) * 4096])
+    elif kind == "text":
+        bad.write_text("id,name\n1,Acme\n")
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "another app's":
+        foreign_database(bad)
+    elif kind == "no app tables":
+        not_an_app_database(bad)
+    before = snapshot(app.data_dir)
+    dump = app.dump()
+
+    done = app.flask("restore", str(bad))
+    assert done.returncode == 1
+    assert re.search(message, done.stderr) and "nothing was changed" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(app.data_dir) == before  # not one byte, not one new file
+    assert app.dump() == dump
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+# -- kill -9 in the middle of writes ------------------------------------------------
+
+
+def deny_write_execute() -> None:
+    """What the unit's MemoryDenyWriteExecute=yes enforces, set by prctl(PR_SET_MDWE)
+    in the child before exec (Linux 6.3+, inherited by the workers; else a no-op)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(65, 1, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Browser:
+    """A tiny HTTP client with one cookie jar, for the app's real forms (CSRF included)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method, path, form=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+            body = None
+            if form is not None:
+                body = urlencode(form)
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            for name, value in response.getheaders():
+                if name.lower() == "set-cookie":
+                    key, _, rest = value.partition("=")
+                    self.cookies[key] = rest.split(";")[0]
+            return response.status, response.getheader("Location", ""), response.read().decode()
+        finally:
+            conn.close()
+
+    def csrf(self, path) -> str:
+        status, _, page = self.request("GET", path)
+        assert status == 200, page
+        return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
+
+
+def worker_pids(master: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
+                children.append(int(entry))
+    return children
+
+
+def test_kill_9_of_workers_loses_no_acknowledged_write(app_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = dict(os.environ, DATA_DIR=str(data_dir), GUNICORN_BIND=f"127.0.0.1:{port}")
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=app_dir, env=env, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
+        cwd=app_dir, env=env, preexec_fn=deny_write_execute, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.log", "w"),
+    )
+    try:
+        wait_until_up(port)
+        browser = Browser(port)
+        token = browser.csrf("/signup")
+        password = "correct horse battery"
+        status, _, page = browser.request(
+            "POST", "/signup",
+            {"csrf_token": token, "account": "Acme", "email": "owner@example.com", "password": password, "confirm": password},
+        )
+        assert status == 302, page
+        token = browser.csrf("/aging-rooms/new")
+
+        acknowledged: list[str] = []
+        stop = threading.Event()
+
+        def write(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                name = f"room {n}-{i}"
+                i += 1
+                try:
+                    status, location, _ = browser.request("POST", "/aging-rooms/new", {"csrf_token": token, "name": name})
+                except (OSError, http.client.HTTPException):
+                    continue  # killed mid-request: no answer, no promise
+                if status in (302, 303) and re.search(r"/aging-rooms/\d+$", location):
+                    acknowledged.append(name)
+
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+        for t in writers:
+            t.start()
+        kills = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            time.sleep(0.4)
+            for pid in worker_pids(server.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+        stop.set()
+        for t in writers:
+            t.join(timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert kills >= 5 and len(acknowledged) > 20, (kills, len(acknowledged))
+    database = data_dir / "sample.db"
+    assert integrity(database) == "ok"
+    db = sqlite3.connect(database)
+    stored = {row[0] for row in db.execute('SELECT "name" FROM "aging_room"')}
+    db.close()
+    assert set(acknowledged) <= stored
+
+
+def wait_until_up(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the app does not answer on port {port}")
+        time.sleep(0.2)

@@ -1,0 +1,306 @@
+"""A generated app driven by a real browser: Debian's headless Chromium through Playwright.
+
+One app (the cheesemaking example: a ref, live search, decimals, choices), served by
+gunicorn with its generated config on its registered port, and one browser, through the
+flow a customer follows on day one: sign up, add an aging room and a batch in that room,
+find a batch by live search (no page load), edit it, get a validation error, delete one
+after the confirmation page, download the CSV. All along, the browser must log no console
+error, no CSP violation, and fetch nothing from another origin.
+
+Screenshots go to test-artifacts/ at the repository root (git-ignored): the list page, the
+list at phone width, and the form page (filled in, and with its validation errors).
+
+The browser is Debian's `chromium` (apt-get install chromium), never one Playwright
+downloads: VGEN_CHROMIUM overrides the path. A missing browser fails the test, it does
+not skip it: CI installs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, generate, gunicorn, port_of, wait_for, wait_port_free
+
+CHROMIUM = os.environ.get("VGEN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-first-run", "--no-default-browser-check",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+SLUG = "cheesemaking"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+# Report every CSP violation to the test, on every page (init scripts are not subject to
+# the page's CSP; the listener catches what the policy blocks in the page itself).
+REPORT_CSP = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.vgenCspViolation(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.documentURI}`);
+});
+"""
+
+
+def sync_playwright():
+    """Playwright's sync API, or a failure that says what to install."""
+    try:
+        from playwright.sync_api import sync_playwright as start
+    except ImportError:
+        pytest.fail("the browser test needs Playwright: pip install '.[test]' (scripts/install does)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"the browser test needs Chromium at {CHROMIUM}: apt-get install chromium "
+            "(or set VGEN_CHROMIUM to a Chromium binary; never `playwright install`)"
+        )
+    return start()
+
+
+def wait_for_listening(log: Path, proc, timeout: float = 30) -> None:
+    """Our gunicorn bound the port (so the server we talk to is this test's app)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "Listening at:" in text:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"gunicorn did not start:\n{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+@pytest.fixture
+def served_app(project):
+    """The cheesemaking app, generated and served by gunicorn; yields its base URL."""
+    outcome = generate(project, [SLUG])[SLUG]
+    assert outcome.status == "created", outcome.message
+    app_dir = project.app_dir(SLUG)
+    port = port_of(project, SLUG)
+    wait_port_free(port)
+    with gunicorn(app_dir) as proc:
+        wait_for_listening(app_dir.parent / f"{app_dir.name}-gunicorn.log", proc)
+        base = f"http://127.0.0.1:{port}"
+        status, _ = wait_for(f"{base}/healthz")
+        assert status == 200
+        yield base
+
+
+def expected_error(page, message) -> bool:
+    """Chromium logs "Failed to load resource" for any 4xx page, even one the test asked
+    for (a form with invalid values is answered 400); those are not problems."""
+    match = re.match(r"Failed to load resource: the server responded with a status of (\d+)", message.text)
+    return bool(match) and page.expected_status.get(message.location["url"]) == int(match.group(1))
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium, headless, through Playwright (checked before any app is made)."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(browser, served_app):
+    """One page on the app, recording console errors, page errors, CSP violations and
+    requests to any other origin."""
+    problems: list[str] = []
+    loads: list[str] = []
+    context = browser.new_context(base_url=served_app, viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(10_000)
+    context.expose_function("vgenCspViolation", lambda text: problems.append(f"CSP: {text}"))
+    context.add_init_script(REPORT_CSP)
+    context.on("request", lambda r: r.url.startswith((served_app, "data:"))
+               or problems.append(f"request to another origin: {r.url}"))
+    page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and not expected_error(page, m)
+            and problems.append(f"console: {m.text} (at {m.location['url']})"))
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("load", lambda p: loads.append(p.url))
+    page.problems = problems
+    page.loads = loads
+    page.expected_status = {}  # url -> an HTTP error status the test asks for
+    yield page
+    context.close()
+
+
+def test_customer_flow_in_a_real_browser(browser_page):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    ARTIFACTS.mkdir(exist_ok=True)
+    nav = page.get_by_role("navigation", name="Main")
+
+    def flash(text):
+        expect(page.locator("p.flash")).to_contain_text(text)
+
+    def field(input_id):
+        """The .field block holding the input: its label, the input, its error."""
+        return page.locator("div.field").filter(has=page.locator(f"#{input_id}"))
+
+    # Sign up: a new account and its first user, logged in.
+    response = page.goto("/")
+    csp = response.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp, csp
+    nav.get_by_role("link", name="Sign up").click()
+    page.get_by_label("Account name").fill("Fromagerie Test")
+    page.get_by_label("Email").fill("owner@fromagerie.example")
+    page.get_by_label("Password", exact=True).fill("correct horse battery staple")
+    page.get_by_label("Confirm password").fill("correct horse battery staple")
+    page.get_by_role("button", name="Create my account").click()
+    expect(page.locator("header.site")).to_contain_text("owner@fromagerie.example")
+
+    # An aging room, then a batch that refers to it through the Room select.
+    nav.get_by_role("link", name="Aging rooms").click()
+    page.get_by_role("link", name="New aging room").click()
+    page.get_by_label("Name").fill("Cave A")
+    page.get_by_label("Temperature (°C)").fill("11.5")
+    page.get_by_label("Humidity (%)").fill("92")
+    page.get_by_role("button", name="Save").click()
+    flash("Aging room added.")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Cave A")
+    expect(page.locator("dl.record")).to_contain_text("11.5")
+
+    nav.get_by_role("link", name="Batches").click()
+    page.get_by_role("link", name="New batch").click()
+    page.get_by_label("Code").fill("B-001")
+    page.get_by_label("Made on").fill("2024-05-01")
+    page.get_by_label("Milk liters").fill("120.50")
+    page.get_by_label("Style").select_option("brie")
+    room = page.get_by_label("Room")
+    expect(room.locator("option")).to_have_text(["—", "Cave A"])
+    room.select_option(label="Cave A")
+    page.get_by_label("Notes").fill("Washed rind, turned daily")
+    page.get_by_label("Ready").check()
+    page.get_by_label("Contact").fill("cellar@fromagerie.example")
+    page.get_by_label("Recipe url").fill("https://recipes.example/brie")
+    page.get_by_label("Wheels").fill("12")
+    page.get_by_label("Checked at").fill("2024-05-02T09:30")
+    page.screenshot(path=ARTIFACTS / "batch-form.png", full_page=True)
+    page.get_by_role("button", name="Save").click()
+    flash("Batch added.")
+    details = page.locator("dl.record")
+    expect(details).to_contain_text("120.50")
+    expect(details.get_by_role("link", name="Cave A")).to_be_visible()
+
+    page.get_by_role("link", name="Batches").first.click()
+    page.get_by_role("link", name="New batch").click()
+    page.get_by_label("Code").fill("C-200")
+    page.get_by_label("Made on").fill("2024-06-10")
+    page.get_by_label("Style").select_option("blue")
+    page.get_by_label("Notes").fill("Pierced at four weeks")
+    page.get_by_role("button", name="Save").click()
+    flash("Batch added.")
+
+    # The list, on a desktop and on a phone (no sideways scrolling of the page).
+    nav.get_by_role("link", name="Batches").click()
+    rows = page.locator("#batch-records tbody tr")
+    expect(rows).to_have_count(2)
+    page.screenshot(path=ARTIFACTS / "batch-list.png", full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=ARTIFACTS / "batch-list-phone.png", full_page=True)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the list page is {overflow}px wider than a phone screen"
+    page.set_viewport_size(DESKTOP)
+
+    # Live search: htmx swaps the table in place; the page is never reloaded.
+    page.evaluate("window.vgenMarker = 'still here'")
+    loads_before = len(page.loads)
+    search = page.get_by_role("searchbox", name="Search")
+
+    def live_search(text):
+        with page.expect_response(
+            lambda r: "/batches/" in r.url and r.request.headers.get("hx-request") == "true"
+            and r.url.endswith("q=" + text)
+        ) as response:
+            search.fill("")
+            search.press_sequentially(text, delay=30)
+        assert response.value.status == 200
+
+    live_search("washed")  # matches the notes of B-001 only
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("B-001")
+    expect(page.locator("#batch-records")).to_contain_text("1 batch matching “washed”")
+    live_search("C-2")  # matches the code of C-200 only
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("C-200")
+    assert page.evaluate("window.vgenMarker") == "still here", "the live search reloaded the page"
+    assert len(page.loads) == loads_before, f"page loads during the live search: {page.loads[loads_before:]}"
+    assert re.search(r"/batches/\?q=C-2$", page.url), page.url  # hx-push-url: the address is shareable
+
+    # Edit B-001.
+    page.goto("/batches/")
+    page.get_by_role("link", name="B-001").click()
+    page.get_by_role("link", name="Edit").click()
+    expect(page.get_by_label("Room")).to_have_value(re.compile(r"^\d+$"))  # the stored ref is selected
+    page.get_by_label("Wheels").fill("14")
+    page.get_by_role("button", name="Save").click()
+    flash("Batch saved.")
+    expect(page.locator("dl.record")).to_contain_text("14")
+    detail_url = page.url
+
+    # Invalid values: errors next to their fields, every input kept, nothing saved.
+    page.get_by_role("link", name="Edit").click()
+    page.get_by_label("Wheels").fill("-3")
+    page.get_by_label("Contact").fill("not-an-email")
+    page.get_by_label("Notes").fill("Kept after the error")
+    page.expected_status[page.url] = 400
+    with page.expect_response(lambda r: r.request.method == "POST") as response:
+        page.get_by_role("button", name="Save").click()
+    assert response.value.status == 400
+    wheels, contact = field("wheels"), field("contact")
+    expect(wheels.locator("p.error")).to_be_visible()
+    expect(wheels.locator("p.error")).to_contain_text("0")  # "Number must be at least 0."
+    expect(contact.locator("p.error")).to_be_visible()
+    expect(page.get_by_label("Wheels")).to_have_value("-3")
+    expect(page.get_by_label("Wheels")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Contact")).to_have_value("not-an-email")
+    expect(page.get_by_label("Notes")).to_have_value("Kept after the error")
+    expect(page.get_by_label("Code")).to_have_value("B-001")
+    expect(page.locator("p.error")).to_have_count(2)
+    page.screenshot(path=ARTIFACTS / "batch-form-errors.png", full_page=True)
+    page.goto(detail_url)
+    expect(page.locator("dl.record")).to_contain_text("Washed rind, turned daily")
+
+    # A restricted delete: the room is still used by B-001, and says so.
+    page.locator("dl.record").get_by_role("link", name="Cave A").click()
+    page.get_by_role("link", name="Delete").click()
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("p.flash.error")).to_contain_text("not deleted")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Cave A")
+
+    # Delete C-200: the link leads to a confirmation page, whose button POSTs.
+    page.goto("/batches/")
+    page.get_by_role("link", name="C-200").click()
+    page.get_by_role("link", name="Delete").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Delete “C-200”?")
+    with page.expect_request(lambda r: r.url.endswith("/delete") and r.method == "POST"):
+        page.get_by_role("button", name="Delete").click()
+    flash("Batch deleted.")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("B-001")
+
+    # The CSV export, downloaded as a file.
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Export CSV").click()
+    download = info.value
+    assert download.failure() is None
+    assert download.suggested_filename == "batches.csv"
+    records = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    assert len(records) == 1, records
+    batch = records[0]
+    assert (batch["code"], batch["made_on"], batch["milk_liters"], batch["style"]) == ("B-001", "2024-05-01", "120.50", "brie")
+    assert (batch["room title"], batch["ready"], batch["wheels"]) == ("Cave A", "true", "14")
+    assert batch["notes"] == "Washed rind, turned daily"
+    assert batch["checked_at"].startswith("2024-05-02T09:30")
+
+    assert page.problems == [], "\n".join(page.problems)

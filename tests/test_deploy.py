@@ -1,0 +1,407 @@
+"""The deploy files of a generated app, checked with the real tools.
+
+systemd-analyze (package systemd), nginx (package nginx) and cron's syntax. The units are
+verified under a scratch root laid by generator.install, the way `vgen install --root`
+lays them: systemd-analyze verify checks that each Exec*= program exists, and those
+(the app's .venv) only exist once the app is deployed, so the scratch root gets stub
+programs at those paths, plus a copy of the host's unit folder for the units ours
+depend on (systemd-analyze cannot follow its absolute symlinks from inside a root).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from generator.install import enable_commands, install
+from generator.spec import backup_time
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_ANSWERS = REPO / "tests" / "fixtures" / "answers-sample.yml"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+def render_app(dest: Path, answers: Path = SAMPLE_ANSWERS) -> Path:
+    """Render the template with copier, as a user would (the lead may share this)."""
+    subprocess.run(
+        ["copier", "copy", "--trust", "--defaults", "--quiet", "--data-file", str(answers), str(REPO), str(dest)],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+def answers_for(slug: str, directory: Path) -> Path:
+    """The sample answers under another slug, with that slug's real backup time."""
+    data = yaml.safe_load(SAMPLE_ANSWERS.read_text())
+    data["slug"] = slug
+    data["backup_hour"], data["backup_minute"] = backup_time(slug)
+    path = directory / f"answers-{slug}.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory):
+    """Two generated apps in one output folder: the sample, and the sample as `honeybees`."""
+    out = tmp_path_factory.mktemp("apps")
+    render_app(out / "sample")
+    render_app(out / "honeybees", answers_for("honeybees", out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def root(apps, tmp_path_factory):
+    """A scratch root with both apps installed, ready for systemd-analyze --root."""
+    root = tmp_path_factory.mktemp("root")
+    install(["sample", "honeybees"], root, apps)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for unit in (root / "etc/systemd/system").glob("*.service"):
+        for program in exec_programs(unit.read_text()):
+            stub = root / program.lstrip("/")
+            if not stub.exists():
+                stub.parent.mkdir(parents=True, exist_ok=True)
+                stub.write_text("#!/bin/sh\n")
+                stub.chmod(0o755)
+    return root
+
+
+def exec_programs(unit_text: str) -> list[str]:
+    """The programs a unit's Exec*= lines run (without systemd's -@:+! prefixes)."""
+    programs = []
+    for match in re.finditer(r"^Exec\w+=(\S+)", unit_text, re.M):
+        programs.append(match.group(1).lstrip("-@:+!"))
+    return programs
+
+
+UNITS = ["sample.service", "sample-backup.service", "honeybees.service", "honeybees-backup.service"]
+
+
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="needs systemd-analyze (apt package systemd)")
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_verifies_clean(root, unit):
+    done = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", f"/etc/systemd/system/{unit}"],
+        capture_output=True,
+        text=True,
+    )
+    # verify exits 0 on unknown keys too, warning on stderr: clean means no output at all.
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not SYSTEMD_ANALYZE, reason="needs systemd-analyze (apt package systemd)")
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_security_rating(root, unit):
+    done = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", f"--root={root}", unit],
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= 1.5, done.stdout
+
+
+def test_units_run_the_installed_app(apps):
+    service = (apps / "sample/deploy/sample.service").read_text()
+    backup = (apps / "sample/deploy/sample-backup.service").read_text()
+    for unit in (service, backup):
+        assert "DynamicUser=yes" in unit and "User=sample\n" in unit
+        assert "StateDirectory=sample\n" in unit and "Environment=DATA_DIR=%S/sample\n" in unit
+        assert "WorkingDirectory=/srv/vgen/sample\n" in unit
+    assert "Type=notify" in service and "Restart=on-failure" in service
+    assert "ExecStartPre=/srv/vgen/sample/.venv/bin/flask --app app migrate" in service
+    assert "ExecStart=/srv/vgen/sample/.venv/bin/flask --app app backup" in backup
+
+
+# -- cron -------------------------------------------------------------------------
+
+CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+
+
+def cron_field_ok(field: str, lo: int, hi: int) -> bool:
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if step and not (step.isdigit() and int(step) > 0):
+            return False
+        if base == "*":
+            continue
+        first, _, last = base.partition("-")
+        numbers = [first] + ([last] if last else [])
+        if not all(n.isdigit() and lo <= int(n) <= hi for n in numbers):
+            return False
+    return True
+
+
+def cron_jobs(text: str) -> list[list[str]]:
+    """The job lines of an /etc/cron.d file: five time fields, a user, the command."""
+    jobs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*\s*=", line):
+            continue
+        fields = line.split(None, 6)
+        assert len(fields) == 7, f"not a cron.d job line: {line!r}"
+        jobs.append(fields)
+    return jobs
+
+
+def test_cron_file_is_valid_and_starts_the_backup_unit(apps, root):
+    cron = root / "etc/cron.d/sample"
+    assert "." not in cron.name and oct(cron.stat().st_mode & 0o777) == "0o644"
+    [job] = cron_jobs(cron.read_text())
+    for field, (lo, hi) in zip(job[:5], CRON_RANGES):
+        assert cron_field_ok(field, lo, hi), job
+    assert job[:2] == ["17", "3"]  # backup_minute, backup_hour of the sample answers
+    assert job[5] == "root"  # systemctl start needs root; the unit itself runs as the app
+    program, *args = job[6].split()
+    assert os.path.isabs(program) and os.access(program, os.X_OK), program
+    assert args == ["start", "sample-backup.service"]
+    assert (root / "etc/systemd/system/sample-backup.service").is_file()
+
+
+def test_two_verticals_back_up_at_different_minutes(root):
+    times = {}
+    for slug in ("sample", "honeybees"):
+        [job] = cron_jobs((root / f"etc/cron.d/{slug}").read_text())
+        times[slug] = (int(job[1]), int(job[0]))
+    assert times["honeybees"] == backup_time("honeybees")
+    assert times["sample"] != times["honeybees"]
+
+
+# -- install ----------------------------------------------------------------------
+
+
+def test_install_lays_everything_and_is_idempotent(apps, tmp_path):
+    (apps / "sample" / "instance").mkdir(exist_ok=True)
+    (apps / "sample" / "instance" / "sample.db").write_text("customer data")
+    first = install(["sample"], tmp_path, apps)
+    assert {x.status for x in first} == {"created"}
+    laid = {x.path.relative_to(tmp_path).as_posix() for x in first}
+    for path in (
+        "srv/vgen/sample/app/__init__.py",
+        "srv/vgen/sample/gunicorn.conf.py",
+        "etc/systemd/system/sample.service",
+        "etc/systemd/system/sample-backup.service",
+        "etc/cron.d/sample",
+        "etc/nginx/sites-available/sample.conf",
+        "etc/nginx/sites-enabled/sample.conf",
+    ):
+        assert path in laid
+    assert not any(p.startswith("srv/vgen/sample/instance") for p in laid)
+    link = tmp_path / "etc/nginx/sites-enabled/sample.conf"
+    assert os.readlink(link) == "../sites-available/sample.conf" and link.is_file()
+
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*") if not p.is_symlink()}
+    second = install(["sample"], tmp_path, apps)
+    assert {x.status for x in second} == {"unchanged"}
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*") if not p.is_symlink()}
+    assert after == before
+
+    # A file the app no longer has goes; the box's .venv and data stay.
+    (tmp_path / "srv/vgen/sample/app/stale.py").write_text("")
+    (tmp_path / "srv/vgen/sample/.venv/bin").mkdir(parents=True)
+    (tmp_path / "srv/vgen/sample/.venv/bin/python").write_text("")
+    third = install(["sample"], tmp_path, apps)
+    assert [x.status for x in third if x.status != "unchanged"] == ["removed"]
+    assert (tmp_path / "srv/vgen/sample/.venv/bin/python").exists()
+
+
+def test_install_refuses_a_missing_app(apps, tmp_path):
+    from generator.errors import VgenError
+
+    with pytest.raises(VgenError, match="vgen generate nosuchapp"):
+        install(["nosuchapp"], tmp_path, apps)
+    assert not any(tmp_path.iterdir())
+
+
+def test_install_refuses_a_slug_that_is_a_system_user(apps, tmp_path):
+    from generator.errors import VgenError
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nsample:x:9:9::/:/usr/sbin/nologin\n")
+    with pytest.raises(VgenError, match="already has a user named sample"):
+        install(["sample"], tmp_path, apps)
+
+
+def test_enable_commands(apps):
+    commands = enable_commands(["sample"], apps)
+    assert "systemctl daemon-reload" in commands
+    assert "systemctl enable --now sample.service" in commands
+    assert commands[-1] == "nginx -t && systemctl reload nginx"
+    assert any("/srv/vgen/sample/.venv/bin/pip install" in c and "gunicorn" in c for c in commands)
+
+
+# -- nginx and gunicorn -----------------------------------------------------------
+
+
+def deny_write_execute() -> None:
+    """In the child before exec: what MemoryDenyWriteExecute=yes enforces, via prctl.
+
+    PR_SET_MDWE (Linux 6.3+) is inherited across fork and exec, so gunicorn and its
+    workers run under the same rule as under the unit. On older kernels: no-op.
+    """
+    import ctypes
+
+    ctypes.CDLL(None).prctl(65, 1, 0, 0, 0)  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nginx_conf(tmp: Path, site: Path) -> Path:
+    """A minimal nginx.conf that runs without root, including the given site."""
+    for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
+        (tmp / name).mkdir(exist_ok=True)
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the tmp files
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""{user}worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log {tmp}/logs/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {site};
+}}
+"""
+    )
+    return conf
+
+
+def local_site(app: Path, tmp: Path, listen: int, upstream: int) -> Path:
+    """The generated site, changed only for the ports and the paths of this machine."""
+    text = (app / "deploy" / f"{app.name}.nginx.conf").read_text()
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    text = text.replace("listen [::]:80;\n", "")
+    text = re.sub(r"proxy_pass http://127\.0\.0\.1:\d+;", f"proxy_pass http://127.0.0.1:{upstream};", text)
+    text = text.replace(f"/srv/vgen/{app.name}/", f"{app}/")
+    text = text.replace("/var/log/nginx/", f"{tmp}/logs/")
+    site = tmp / "site.conf"
+    site.write_text(text)
+    return site
+
+
+def nginx_test(conf: Path, tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [NGINX, "-t", "-q", "-e", str(tmp / "logs" / "error.log"), "-p", str(tmp), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(not NGINX, reason="needs nginx (apt package nginx)")
+@pytest.mark.parametrize("slug", ["sample", "honeybees"])
+def test_nginx_t_is_clean(apps, tmp_path, slug):
+    site = local_site(apps / slug, tmp_path, free_port(), 8123)
+    done = nginx_test(nginx_conf(tmp_path, site), tmp_path)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+
+
+def test_nginx_site_without_domain(tmp_path):
+    data = yaml.safe_load(SAMPLE_ANSWERS.read_text())
+    data["domain"] = ""
+    answers = tmp_path / "answers.yml"
+    answers.write_text(yaml.safe_dump(data))
+    # Only the deploy folder matters here, but copier renders the whole app.
+    text = (render_app(tmp_path / "sample", answers) / "deploy/sample.nginx.conf").read_text()
+    assert re.search(r"^\s*server_name sample\.localhost;", text, re.M)
+
+
+def wait_for(port: int, path: str = "/healthz", timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status, _, _ = get(port, path)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing answers 200 on 127.0.0.1:{port}{path}")
+        time.sleep(0.2)
+
+
+def get(port: int, path: str, host: str = "sample.example.com"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def gunicorn_app(apps, tmp_path):
+    """The sample app under gunicorn with its generated gunicorn.conf.py; yields the port."""
+    app = apps / "sample"
+    port = free_port()
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), GUNICORN_BIND=f"127.0.0.1:{port}")
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
+        cwd=app,
+        env=env,
+        preexec_fn=deny_write_execute,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "gunicorn.log", "w"),
+    )
+    try:
+        wait_for(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not NGINX, reason="needs nginx (apt package nginx)")
+def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app):
+    app = apps / "sample"
+    (tmp_path / "nginx").mkdir()
+    listen = free_port()
+    site = local_site(app, tmp_path / "nginx", listen, gunicorn_app)
+    conf = nginx_conf(tmp_path / "nginx", site)
+    assert nginx_test(conf, tmp_path / "nginx").returncode == 0
+    nginx = subprocess.Popen(
+        [NGINX, "-e", str(tmp_path / "nginx/logs/error.log"), "-p", str(tmp_path / "nginx"), "-c", str(conf), "-g", "daemon off;"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(listen)
+        status, headers, body = get(listen, "/login")
+        assert status == 200 and b"<form" in body
+        assert headers["Server"].startswith("nginx")
+        assert "Content-Security-Policy" in headers  # the page came from the app
+
+        status, headers, body = get(listen, "/static/htmx.min.js")
+        assert status == 200
+        assert body == (app / "app/static/htmx.min.js").read_bytes()
+        assert "Content-Security-Policy" not in headers  # served by nginx, not the app
+        assert headers["Cache-Control"] == "public, max-age=86400"
+        assert "ETag" in headers and "Last-Modified" in headers
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)

@@ -1,0 +1,173 @@
+"""Regenerating a fleet: parallel, atomic per vertical, honest about conflicts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from generator import cli
+from generator.fleet import CONFLICT_BRANCH, TEMPLATE_BRANCH
+
+from conftest import generate, git, write_spec
+
+SPEC = '''
+slug = "{slug}"
+name = "{name}"
+
+[[entities]]
+name = "client"
+fields = [
+  {{ name = "name", type = "string", required = true }},
+  {{ name = "visits", type = "integer", min = 0 }},
+]
+'''
+FLEET = ["alpha", "bravo", "charlie", "delta"]
+
+
+def snapshot(app: Path) -> dict:
+    """Every file of the app (data and untracked files included) and the repo's HEAD."""
+    files = {str(p.relative_to(app)): p.read_bytes() for p in sorted(app.rglob("*"))
+             if p.is_file() and ".git" not in p.relative_to(app).parts}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=app, capture_output=True, text=True).stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=app, capture_output=True, text=True).stdout
+    return {"files": files, "head": head, "status": status}
+
+
+def change_template(root: Path, old: str, new: str, path="template/gunicorn.conf.py.jinja") -> None:
+    target = root / path
+    text = target.read_text()
+    assert old in text
+    target.write_text(text.replace(old, new))
+    git(root, "commit", "-qam", f"template: {new}")
+
+
+def run_cli(project, *args):
+    return CliRunner().invoke(cli.main, ["--project", str(project.root), *args, "--out", str(project.out)])
+
+
+def test_fleet_regeneration_reports_and_protects_each_vertical(project):
+    for slug in FLEET:
+        write_spec(project, slug, SPEC.format(slug=slug, name=slug.title()))
+    first = run_cli(project, "generate", *FLEET, "--jobs", "2")
+    assert first.exit_code == 0, first.output
+    assert first.output.count("created") >= 4
+
+    apps = {slug: project.app_dir(slug) for slug in FLEET}
+    # alpha: no hand edit. bravo: a hand edit elsewhere (merges cleanly, left uncommitted).
+    # charlie and delta: a hand edit on the very line the template change touches.
+    readme = apps["bravo"] / "README.md"
+    readme.write_text(readme.read_text() + "\nOur own notes.\n")
+    (apps["bravo"] / "NOTES.txt").write_text("an untracked file of the founder's\n")
+    for slug in ("charlie", "delta"):
+        conf = apps[slug] / "gunicorn.conf.py"
+        conf.write_text(conf.read_text().replace("keepalive = 5", "keepalive = 7  # tuned by hand"))
+    (apps["delta"] / "instance").mkdir()
+    (apps["delta"] / "instance" / "delta.db").write_bytes(b"customer data, ignored by git")
+    write_spec(project, "echo", 'slug = "echo"\nname = "Echo"\n')  # broken: no entities
+
+    change_template(project.root, "keepalive = 5", "keepalive = 10")
+    before = {slug: snapshot(apps[slug]) for slug in ("charlie", "delta")}
+
+    result = run_cli(project, "generate", "--all", "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.split() and line.split()[0] in FLEET + ["echo"]}
+    assert "updated" in rows["alpha"] and "gunicorn.conf.py" in rows["alpha"]
+    assert "updated" in rows["bravo"]
+    assert "conflict" in rows["charlie"] and "gunicorn.conf.py" in rows["charlie"]
+    assert "conflict" in rows["delta"]
+    assert "failed" in rows["echo"]
+    assert "failed (echo): invalid spec: at least one [[entities]] is required" in result.output
+
+    # Conflicting verticals are exactly as they were, their data included...
+    for slug in ("charlie", "delta"):
+        assert snapshot(apps[slug]) == before[slug]
+        # ...and the merge result waits on a branch, conflict markers and all.
+        aside = subprocess.run(["git", "show", f"{CONFLICT_BRANCH}:gunicorn.conf.py"], cwd=apps[slug],
+                               capture_output=True, text=True).stdout
+        assert "<<<<<<<" in aside and "keepalive = 10" in aside and "keepalive = 7" in aside
+    # The others are updated with their hand edits kept.
+    assert "keepalive = 10" in (apps["alpha"] / "gunicorn.conf.py").read_text()
+    assert "keepalive = 10" in (apps["bravo"] / "gunicorn.conf.py").read_text()
+    assert "Our own notes." in readme.read_text()
+    assert (apps["bravo"] / "NOTES.txt").read_text() == "an untracked file of the founder's\n"
+    log = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=apps["alpha"], capture_output=True, text=True).stdout
+    assert log.startswith("Regenerate alpha from template ") and "(spec " in log
+    assert not project.app_dir("echo").exists()
+
+    # A second run: every clean vertical is unchanged, the conflicts are still reported.
+    second = run_cli(project, "generate", "--all")
+    rows = {line.split()[0]: line for line in second.output.splitlines() if line.split() and line.split()[0] in FLEET}
+    assert "unchanged" in rows["alpha"] and "unchanged" in rows["bravo"]
+    assert "conflict" in rows["charlie"]
+
+
+def test_unchanged_verticals_render_nothing(project):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    template_tip = subprocess.run(["git", "rev-parse", TEMPLATE_BRANCH], cwd=app, capture_output=True, text=True).stdout
+    outcome = generate(project, ["alpha"])["alpha"]
+    assert outcome.status == "unchanged"
+    assert subprocess.run(["git", "rev-parse", TEMPLATE_BRANCH], cwd=app, capture_output=True, text=True).stdout == template_tip
+
+
+def test_spec_change_reaches_the_app_and_port_is_kept(project):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    port_before = (project.app_dir("alpha") / "gunicorn.conf.py").read_text()
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('{ name = "visits", type = "integer", min = 0 },',
+                                             '{ name = "visits", type = "integer", min = 0 },\n  { name = "phone", type = "string" },'))
+    outcome = generate(project, ["alpha"])["alpha"]
+    assert outcome.status == "updated"
+    assert "phone" in (project.app_dir("alpha") / "app" / "schema.sql").read_text()
+    assert (project.app_dir("alpha") / "gunicorn.conf.py").read_text() == port_before
+
+
+def test_dry_run_writes_nothing_and_shows_the_diff(project):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    change_template(project.root, "keepalive = 5", "keepalive = 10")
+    before = snapshot(app)
+    ports_before = project.ports_path.read_text()
+    write_spec(project, "bravo", SPEC.format(slug="bravo", name="Bravo"))
+    result = run_cli(project, "generate", "alpha", "bravo", "--dry-run", "--diff")
+    assert result.exit_code == 0, result.output
+    assert "would be updated" in result.output and "would be created" in result.output
+    assert "gunicorn.conf.py" in result.output
+    assert "+keepalive = 10" in result.output
+    assert "Would assign port" in result.output
+    assert snapshot(app) == before
+    assert project.ports_path.read_text() == ports_before
+    assert not project.app_dir("bravo").exists()
+
+
+def test_an_app_made_by_plain_copier_is_adopted(project, tmp_path):
+    """An app from `copier copy` has no vgen/template branch: vgen derives it."""
+    import sys
+    import yaml
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])  # assigns the port; then replace the app by a plain copier copy
+    app = project.app_dir("alpha")
+    answers = yaml.safe_load((app / ".copier-answers.yml").read_text())
+    subprocess.run(["rm", "-rf", str(app)], check=True)
+    data = tmp_path / "answers.yml"
+    data.write_text(yaml.safe_dump({k: v for k, v in answers.items() if not k.startswith("_")}))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project.root, capture_output=True, text=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet", "--vcs-ref", head,
+                    "--data-file", str(data), str(project.root), str(app)], check=True, capture_output=True)
+    git(app, "init", "-q")
+    git(app, "add", "-A")
+    git(app, "commit", "-qm", "made by copier")
+    readme = app / "README.md"
+    readme.write_text(readme.read_text() + "\nHand edit.\n")
+    git(app, "commit", "-qam", "hand edit")
+    change_template(project.root, "keepalive = 5", "keepalive = 10")
+    outcome = generate(project, ["alpha"])["alpha"]
+    assert outcome.status == "updated", outcome.message
+    assert outcome.files == ["gunicorn.conf.py"]
+    assert "Hand edit." in readme.read_text()
