@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from generator import fleet, ports
+import yaml
+
+from generator import fleet, ports, render, spec
 from generator.project import Project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +54,30 @@ def project(template_repo, tmp_path) -> Project:
     root = tmp_path / "vgen"
     subprocess.run(["git", "clone", "-q", "--local", str(template_repo), str(root)], check=True)
     return Project(root=root, out=tmp_path / "apps")
+
+
+SAMPLE_ANSWERS = ROOT / "tests" / "fixtures" / "answers-sample.yml"
+EXAMPLES = ["cheesemaking", "childmilestone", "coachboard", "honeybees", "shiftfill"]
+
+
+def sample_answers(**changes) -> dict:
+    """The hand-written answers covering every field type, with some values changed."""
+    answers = yaml.safe_load(SAMPLE_ANSWERS.read_text())
+    answers.update(changes)
+    return answers
+
+
+def example_answers(slug: str) -> dict:
+    """An example vertical's answers, with its port from the committed ports.toml."""
+    vertical = spec.load_vertical(ROOT / "verticals" / f"{slug}.toml")
+    return vertical.answers(ports.load(ROOT / "ports.toml").ports[slug])
+
+
+def render_app(template_repo: Path, answers: dict, dest: Path) -> Path:
+    """Render an app from answers the way vgen does (the same output as copier copy)."""
+    commit = render.template_commit(template_repo)
+    render.template(template_repo, commit).render(answers, dest, str(template_repo))
+    return dest
 
 
 def write_spec(project: Project, slug: str, text: str) -> Path:

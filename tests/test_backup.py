@@ -6,7 +6,6 @@ the founder would, against a DATA_DIR of its own.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import http.client
 import json
@@ -24,21 +23,16 @@ from urllib.parse import urlencode
 
 import pytest
 
+from conftest import render_app, sample_answers
+
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_ANSWERS = REPO / "tests" / "fixtures" / "answers-sample.yml"
 NOW = "2024-01-31T08:30:00Z"
 
 
 @pytest.fixture(scope="module")
-def app_dir(tmp_path_factory):
-    """The sample app, rendered with copier as a user would (the lead may share this)."""
-    dest = tmp_path_factory.mktemp("apps") / "sample"
-    subprocess.run(
-        ["copier", "copy", "--trust", "--defaults", "--quiet", "--data-file", str(SAMPLE_ANSWERS), str(REPO), str(dest)],
-        check=True,
-        capture_output=True,
-    )
-    return dest
+def app_dir(template_repo, tmp_path_factory):
+    """The sample app (every field type), rendered as vgen renders it."""
+    return render_app(template_repo, sample_answers(), tmp_path_factory.mktemp("apps") / "sample")
 
 
 class App:

@@ -133,6 +133,7 @@ def browser_page(browser, served_app):
     context.close()
 
 
+@pytest.mark.xdist_group("example-ports")
 def test_customer_flow_in_a_real_browser(browser_page):
     from playwright.sync_api import expect
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,14 +14,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from generator import cli, spec
-from generator.project import Project
+from generator import cli, ports
 
 from conftest import (
+    EXAMPLES,
     ROOT, generate, gunicorn, migrate, port_is_free, port_of, run_app_tests, wait_for, wait_port_free, write_spec,
 )
 
-EXAMPLES = ["cheesemaking", "childmilestone", "coachboard", "honeybees", "shiftfill"]
 
 # Every field type and option, and names that are SQL, Python or Jinja keywords.
 EVERYTHING = '''
@@ -149,17 +149,21 @@ def test_slugs_that_are_python_modules_generate_working_apps(project, slug):
         assert result.returncode == 0, result.stdout[-4000:]
 
 
-def test_every_example_serves_healthz_on_its_registered_port(project):
-    outcomes = generate(project, None)
-    assert {o.status for o in outcomes.values()} == {"created"}
-    registered = port_of(project, "cheesemaking")
-    assert registered == 8317  # committed in ports.toml: never moves
+@pytest.mark.xdist_group("example-ports")
+def test_scripts_run_serves_every_example_on_its_registered_port(tmp_path):
+    """The README's main command: install, generate the examples, serve each on its port."""
+    registry = ports.load(ROOT / "ports.toml")
     for slug in EXAMPLES:
-        port = port_of(project, slug)
-        wait_port_free(port)
-        with gunicorn(project.app_dir(slug)):
-            status, body = wait_for(f"http://127.0.0.1:{port}/healthz")
-        assert status == 200, body
+        wait_port_free(registry.ports[slug])
+    env = dict(os.environ, VGEN_OUT=str(tmp_path / "apps"))
+    result = subprocess.run([str(ROOT / "scripts" / "run"), "--check"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for slug in EXAMPLES:
+        assert f"{slug:16} http://127.0.0.1:{registry.ports[slug]}/healthz  200" in result.stdout
+    assert registry.ports["cheesemaking"] == 8317  # committed: a port never moves
+    for slug in EXAMPLES:  # scripts/run stopped what it started
+        assert port_is_free(registry.ports[slug])
 
 
 def test_decimal_and_every_type_round_trip_through_the_schema(project):
