@@ -21,6 +21,7 @@ import yaml
 
 from . import gitrepo, ports, render
 from .errors import VgenError
+from .fsutil import locked
 from .project import Project
 
 CONFLICT_BRANCH = "vgen/conflict"
@@ -74,10 +75,11 @@ def plan(project: Project, slugs: list[str] | None, dry_run: bool = False) -> tu
                 p.split(": ", 1)[1] for p in mine) if mine else "invalid spec"))
     valid = [by_slug[s] for s in wanted if s in by_slug]
 
-    registry = ports.load(project.ports_path)
-    new_ports = ports.assign(registry, [v.slug for v in valid])
-    if new_ports and not dry_run:
-        ports.save(registry)
+    with locked(project.root / ".git" / "vgen" / "ports.lock"):
+        registry = ports.load(project.ports_path)
+        new_ports = ports.assign(registry, [v.slug for v in valid])
+        if new_ports and not dry_run:
+            ports.save(registry)
 
     commit = render.template_commit(project.root)
     version = render.template_version(project.root, commit)
@@ -125,9 +127,10 @@ def generate_one(job: Job) -> Outcome:
     try:
         if job.dry_run:
             return _dry_run(job)
-        if not job.app_dir.exists():
-            return _create(job)
-        return _update(job)
+        with locked(job.app_dir.parent / f".{job.slug}.lock"):
+            if not job.app_dir.exists():
+                return _create(job)
+            return _update(job)
     except VgenError as exc:
         return Outcome(job.slug, "failed", message=str(exc))
 

@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a half."""
+"""Atomic file writes (a reader sees the old file or the new one, never a half) and locks."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -34,3 +36,17 @@ def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `path` (created when missing) while the block runs, so
+    two vgen processes never write the same registry or app at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -697,6 +697,11 @@ def text_problem(value: str) -> str | None:
     found = next((m for m in MARKUP if m in value), None)
     if found:
         return f'must not contain "{found}" (template markup)'
+    # It also lands in the app's Python (docstrings, comments): keep it plain there.
+    if "\\" in value:
+        return "must not contain a backslash"
+    if '"""' in value:
+        return 'must not contain three double quotes in a row'
     return None
 
 

@@ -124,10 +124,12 @@ def test_cli_check_lists_every_problem(project):
     assert 'ports.toml: vertical "broken" has no port' in result.output
 
 
-@pytest.mark.parametrize("slug", EXAMPLES + ["everything"])
+@pytest.mark.parametrize("slug", EXAMPLES + ["everything", "edgy"])
 def test_generated_app_passes_its_own_tests(project, slug):
     if slug == "everything":
         write_spec(project, slug, EVERYTHING)
+    elif slug == "edgy":
+        write_spec(project, slug, (Path(__file__).parent / "fixtures" / "edgy.toml").read_text())
     outcome = generate(project, [slug])[slug]
     assert outcome.status == "created", outcome.message
     result = run_app_tests(project.app_dir(slug))
