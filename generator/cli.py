@@ -18,8 +18,10 @@ from . import install as install_mod, status as status_mod
 from .errors import VgenError
 from .fsutil import atomic_write_text
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped output (a file, grep, CI logs) is never cut to 80 columns: lines run as long as
+# their content.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
 
 STATUS_STYLE = {
     "created": "green", "updated": "green", "unchanged": "dim",

@@ -20,7 +20,7 @@ class Row:
     slug: str
     port: int | None
     template: str  # the version the app was generated from, or "" when not generated
-    template_current: bool
+    template_current: bool  # generated from the template's current commit
     spec_changed: bool | None  # None when the spec is invalid or the app is missing
     hand_edits: bool | None
     health: str  # "ok", "down" or an HTTP status
@@ -31,7 +31,7 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
     verticals, _ = project.load_verticals()
     valid = {v.slug: v for v in verticals}
     registry = ports.load(project.ports_path)
-    current = render.template_commit(project.root)
+    current = render.template_version(project.root, render.template_commit(project.root))
     slugs = sorted(set(project.slugs()) | {p.name for p in project.out.glob("*") if (p / ".copier-answers.yml").exists()})
 
     def row(slug: str) -> Row:

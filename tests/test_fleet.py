@@ -171,3 +171,36 @@ def test_an_app_made_by_plain_copier_is_adopted(project, tmp_path):
     assert outcome.status == "updated", outcome.message
     assert outcome.files == ["gunicorn.conf.py"]
     assert "Hand edit." in readme.read_text()
+
+
+def test_status_reports_drift_hand_edits_health_and_backups(project):
+    import json
+
+    from conftest import gunicorn, port_of, wait_for
+
+    for slug in ("alpha", "bravo"):
+        write_spec(project, slug, SPEC.format(slug=slug, name=slug.title()))
+    generate(project, ["alpha", "bravo"])
+    write_spec(project, "charlie", SPEC.format(slug="charlie", name="Charlie"))  # never generated
+    # bravo: a hand edit and a changed spec; alpha: a recorded good backup, and serving.
+    (project.app_dir("bravo") / "README.md").write_text("mine\n")
+    path = project.spec_path("bravo")
+    path.write_text(path.read_text().replace('name = "Bravo"', 'name = "Bravo Two"'))
+    backups = project.app_dir("alpha") / "instance" / "backups"
+    backups.mkdir(parents=True)
+    (backups / "last.json").write_text(json.dumps(
+        {"time": "2026-11-25T03:17:00Z", "verified": True, "last_good": {"time": "2026-11-25T03:17:00Z"}}))
+    change_template(project.root, "keepalive = 5", "keepalive = 6")
+
+    with gunicorn(project.app_dir("alpha")):
+        wait_for(f"http://127.0.0.1:{port_of(project, 'alpha')}/healthz")
+        result = CliRunner().invoke(cli.main, ["--project", str(project.root), "status", "--out", str(project.out)],
+                                    terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
+    alpha, bravo, charlie = rows["alpha"], rows["bravo"], rows["charlie"]
+    assert str(port_of(project, "alpha")) in alpha
+    assert "(behind)" in alpha and "same" in alpha and " ok " in alpha + " "
+    assert "2026-11-25T03:17:00Z" in alpha
+    assert "changed" in bravo and "yes" in bravo and "down" in bravo
+    assert "not generated" in charlie
