@@ -136,10 +136,14 @@ def generate(ctx, slugs, all_, out, jobs, dry_run, show_diff):
     outcomes = _generate(project, None if all_ else list(slugs), jobs, dry_run)
     if dry_run:
         for o in outcomes:
+            if o.diff or o.schema:
+                console.print(f"\n== {escape(o.slug)} ==", highlight=False)
             if o.diff:
-                console.rule(o.slug)
                 text = o.diff if show_diff else o.diff.split("diff --git", 1)[0]
                 console.print(text.rstrip(), markup=False, highlight=False)
+            if o.schema:
+                console.print("Schema (flask --app app migrate --dry-run):", highlight=False)
+                console.print(o.schema.rstrip(), markup=False, highlight=False)
     if any(o.status in ("conflict", "failed") for o in outcomes):
         sys.exit(1)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from . import gitrepo, ports, render
+from . import gitrepo, ports, render, schema
 from .errors import VgenError
 from .fsutil import locked
 from .project import Project
@@ -36,6 +36,7 @@ class Outcome:
     message: str = ""
     port: int | None = None
     diff: str = ""
+    schema: str = ""  # with a dry run: what the app's migrate would do to its database
     dry_run: bool = False
 
 
@@ -150,6 +151,11 @@ def _dry_run(job: Job) -> Outcome:
             outcome.diff = ""
         elif outcome.status == "updated":
             outcome.diff = gitrepo.git(copy, "diff", "--stat", original, "HEAD") + gitrepo.git(copy, "diff", original, "HEAD")
+        if outcome.status in ("created", "updated"):
+            try:
+                outcome.schema = schema.schema_plan(copy, job.app_dir / "instance")
+            except VgenError as exc:
+                outcome.schema = str(exc)
         outcome.dry_run = True
         return outcome
 

@@ -140,6 +140,8 @@ def test_dry_run_writes_nothing_and_shows_the_diff(project):
     assert "gunicorn.conf.py" in result.output
     assert "+keepalive = 10" in result.output
     assert "Would assign port" in result.output
+    assert "Schema (flask --app app migrate --dry-run):" in result.output
+    assert 'table "client"' in result.output  # bravo's database would be created
     assert snapshot(app) == before
     assert project.ports_path.read_text() == ports_before
     assert not project.app_dir("bravo").exists()

@@ -61,7 +61,7 @@ def read_schema():
 @with_appcontext
 def migrate_command(dry_run, drop_removed):
     """Create the database, or bring it to the schema; see app/migrate.py."""
-    from . import migrate  # imported here: migrate uses backup, which uses this module
+    from . import backup, migrate  # imported here: both import this module
 
     path = current_app.config["DATABASE"]
     backups = os.path.join(current_app.config["DATA_DIR"], "backups")
@@ -69,16 +69,21 @@ def migrate_command(dry_run, drop_removed):
         result = migrate.run(path, backups, drop_removed=drop_removed, dry_run=dry_run)
     except migrate.MigrationRefused as e:
         raise click.ClickException(str(e)) from None
+    except backup.BackupError as e:
+        raise click.ClickException(
+            f"no backup could be taken before migrating ({e}); nothing was changed"
+        ) from None
     for line in result.steps + result.kept:
         click.echo(line)
     if result.backup:
         click.echo(f"Backup taken before migrating: {result.backup}")
+    changes = f"{len(result.steps)} change{'' if len(result.steps) == 1 else 's'}"
     if not result.steps:
         click.echo(f"{path}: up to date, nothing to do.")
     elif dry_run:
-        click.echo(f"{path}: dry run, nothing written ({len(result.steps)} changes planned).")
+        click.echo(f"{path}: dry run, nothing written ({changes} planned).")
     else:
-        click.echo(f"{path}: migrated ({len(result.steps)} changes).")
+        click.echo(f"{path}: migrated ({changes}).")
 
 
 def init_app(app):
