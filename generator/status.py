@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from . import gitrepo, ports, render
-from .fleet import _plain
+from .fleet import TEMPLATE_BRANCH, _plain
 from .project import Project
 
 
@@ -65,14 +65,11 @@ def _answers(app: Path) -> dict:
 
 
 def _hand_edits(app: Path) -> bool | None:
-    """Whether the app differs from what vgen last generated into it."""
-    if not gitrepo.is_repo(app):
+    """Whether the app differs from the template's own rendering of it (its
+    vgen/template branch): committed or not, every hand edit counts."""
+    if not gitrepo.is_repo(app) or not gitrepo.branch_exists(app, TEMPLATE_BRANCH):
         return None
-    last = gitrepo.git(app, "log", "-1", "--format=%H", "--extended-regexp",
-                       "--grep=^(Generate|Regenerate) ", check=False).strip()
-    if not last:
-        return None
-    changed = gitrepo.git(app, "diff", "--name-only", last, check=False).strip()
+    changed = gitrepo.git(app, "diff", "--name-only", TEMPLATE_BRANCH, check=False).strip()
     untracked = gitrepo.git(app, "ls-files", "--others", "--exclude-standard", check=False).strip()
     return bool(changed or untracked)
 

@@ -184,8 +184,10 @@ def test_status_reports_drift_hand_edits_health_and_backups(project):
         write_spec(project, slug, SPEC.format(slug=slug, name=slug.title()))
     generate(project, ["alpha", "bravo"])
     write_spec(project, "charlie", SPEC.format(slug="charlie", name="Charlie"))  # never generated
-    # bravo: a hand edit and a changed spec; alpha: a recorded good backup, and serving.
+    # bravo: a hand edit (committed: still a hand edit) and a changed spec;
+    # alpha: a recorded good backup, and serving.
     (project.app_dir("bravo") / "README.md").write_text("mine\n")
+    git(project.app_dir("bravo"), "commit", "-qam", "my README")
     path = project.spec_path("bravo")
     path.write_text(path.read_text().replace('name = "Bravo"', 'name = "Bravo Two"'))
     backups = project.app_dir("alpha") / "instance" / "backups"
