@@ -362,22 +362,25 @@ class _Validator:
                 fields.append(f)
         fields = assign_attrs(fields)
         by_name = {f.name: f for f in fields}
+        # Every named field, valid or not, in spec order: a field with problems of its
+        # own is not reported again where list, search or title_field name it.
+        field_names = list(dict.fromkeys(rf["name"] for rf in raw_fields if isinstance(rf.get("name"), str)))
 
         title_field = raw.get("title_field")
         if title_field is not None:
             if not isinstance(title_field, str) or title_field not in by_name:
-                if fields:
-                    self.error(where, f'title_field "{title_field}" is not a field of this entity (fields: {", ".join(by_name)})')
+                if field_names and title_field not in field_names:
+                    self.error(where, f'title_field "{title_field}" is not a field of this entity (fields: {", ".join(field_names)})')
                 title_field = None
             elif by_name[title_field].type not in TITLE_TYPES:
                 self.error(where, f'title_field "{title_field}" is a {by_name[title_field].type} field; choose a {", ".join(TITLE_TYPES)} field')
         else:
             title_field = default_title_field(fields)
 
-        list_fields = self.field_list(where, raw, "list", by_name, ())
+        list_fields = self.field_list(where, raw, "list", by_name, field_names, ())
         if list_fields is None:
             list_fields = default_list(fields, title_field)
-        search = self.field_list(where, raw, "search", by_name, TEXT_LIKE)
+        search = self.field_list(where, raw, "search", by_name, field_names, TEXT_LIKE)
         if search is None:
             search = tuple(f.name for f in fields if f.type in ("string", "email"))[:3]
 
@@ -391,7 +394,7 @@ class _Validator:
             fields=tuple(fields), renamed_from=renamed_from,
         )
 
-    def field_list(self, where, raw, key, by_name, types) -> tuple[str, ...] | None:
+    def field_list(self, where, raw, key, by_name, names, types) -> tuple[str, ...] | None:
         if key not in raw:
             return None
         value = raw[key]
@@ -403,10 +406,10 @@ class _Validator:
         if len(set(value)) != len(value):
             self.error(where, f'"{key}" names a field twice')
         for v in value:
-            if v not in by_name:
-                if by_name:
-                    self.error(where, f'{key} names unknown field "{v}" (fields: {", ".join(by_name)})')
-            elif types and by_name[v].type not in types:
+            if v not in names:
+                if names:
+                    self.error(where, f'{key} names unknown field "{v}" (fields: {", ".join(names)})')
+            elif v in by_name and types and by_name[v].type not in types:
                 self.error(where, f'{key} field "{v}" is a {by_name[v].type} field; search looks only in {", ".join(types)} fields')
         return tuple(value)
 

@@ -344,3 +344,9 @@ def test_any_document_gives_problems_not_a_traceback(data):
 ])
 def test_display_text_never_carries_template_markup(tmp_path, text, message):
     assert problems_of(tmp_path, text) == [message]
+
+
+def test_a_broken_field_is_reported_once(tmp_path):
+    fields = '{ name = "code", type = "string", requried = true },\n{ name = "notes", type = "text" }'
+    problems = problems_of(tmp_path, entity_spec(fields, 'list = ["code"]\nsearch = ["code"]\ntitle_field = "code"'))
+    assert problems == [F + '"code": unknown key "requried" (allowed for a string field: default, help, label, max_length, name, renamed_from, required, type, unique)']
