@@ -8,6 +8,7 @@ them (app/migrate.py: renames, new columns, conversions, one transaction).
 
 import os
 import sqlite3
+import threading
 
 import click
 from flask import current_app, g
@@ -31,8 +32,26 @@ def connect(path):
 def get_db():
     """The request's connection, opened on first use and closed at teardown."""
     if "db" not in g:
-        g.db = connect(current_app.config["DATABASE"])
+        path = current_app.config["DATABASE"]
+        _keep_wal_open(path)
+        g.db = connect(path)
     return g.db
+
+
+# When the last connection to a WAL database closes, SQLite checkpoints the log into the
+# database, syncs it and deletes it: on a quiet app, a disk sync on every request. One
+# idle connection per process, opened once and never used, keeps the log in place (the
+# usual automatic checkpoints still run). A few databases at most: tests make many apps.
+_keepers = {}
+_keepers_lock = threading.Lock()
+
+
+def _keep_wal_open(path):
+    with _keepers_lock:
+        if path not in _keepers:
+            if len(_keepers) >= 4:
+                _keepers.pop(next(iter(_keepers))).close()
+            _keepers[path] = sqlite3.connect(path, check_same_thread=False)
 
 
 def close_db(e=None):
