@@ -96,6 +96,18 @@ def migrate(app_dir: Path, data_dir: Path) -> None:
         raise SystemExit(f"migrate failed in {app_dir}:\n{result.stdout}\n{result.stderr}")
 
 
+def generated_app(tmp: Path, slug: str) -> tuple[Path, Path]:
+    """Clone the template repository into tmp, generate `slug`, migrate its database.
+
+    Returns the app folder and its DATA_DIR.
+    """
+    root = clone_project(source_repo(), tmp / "vgen")
+    vgen(root, "generate", slug, "--out", str(tmp / "apps"))
+    app_dir, data = tmp / "apps" / slug, tmp / "data"
+    migrate(app_dir, data)
+    return app_dir, data
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,11 +44,7 @@ def main(argv=None) -> None:
     harness.header(f"scripts/bench memory: {args.slug}, idle after {args.rounds} warm-up rounds")
     with tempfile.TemporaryDirectory(prefix="vgen-bench-memory-") as tmp:
         tmp = Path(tmp)
-        root = harness.clone_project(harness.source_repo(), tmp / "vgen")
-        harness.vgen(root, "generate", args.slug, "--out", str(tmp / "apps"))
-        app_dir = tmp / "apps" / args.slug
-        data = tmp / "data"
-        harness.migrate(app_dir, data)
+        app_dir, data = harness.generated_app(tmp, args.slug)
         config = app_dir / "gunicorn.conf.py"
         entities = harness.answers(app_dir)["entities"]
 

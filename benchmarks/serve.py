@@ -30,11 +30,7 @@ def main(argv=None) -> None:
                    f"{args.connections} connections, {args.seconds:g}s per page")
     with tempfile.TemporaryDirectory(prefix="vgen-bench-serve-") as tmp:
         tmp = Path(tmp)
-        root = harness.clone_project(harness.source_repo(), tmp / "vgen")
-        harness.vgen(root, "generate", args.slug, "--out", str(tmp / "apps"))
-        app_dir = tmp / "apps" / args.slug
-        data = tmp / "data"
-        harness.migrate(app_dir, data)
+        app_dir, data = harness.generated_app(tmp, args.slug)
         config = app_dir / "gunicorn.conf.py"
         entities = harness.answers(app_dir)["entities"]
         # The list and search pages: the entity with the most fields among those with a search.

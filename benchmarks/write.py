@@ -138,11 +138,7 @@ def main(argv=None) -> None:
                    f"{args.seconds:g}s per step")
     with tempfile.TemporaryDirectory(prefix="vgen-bench-write-") as tmp:
         tmp = Path(tmp)
-        root = harness.clone_project(harness.source_repo(), tmp / "vgen")
-        harness.vgen(root, "generate", args.slug, "--out", str(tmp / "apps"))
-        app_dir = tmp / "apps" / args.slug
-        data = tmp / "data"
-        harness.migrate(app_dir, data)
+        app_dir, data = harness.generated_app(tmp, args.slug)
         config = app_dir / "gunicorn.conf.py"
         entity = next(e for e in harness.answers(app_dir)["entities"] if e["name"] == args.entity)
         db_path = data / f"{args.slug}.db"

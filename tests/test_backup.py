@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from conftest import render_app, sample_answers
+from conftest import render_app, sample_answers, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = "2024-01-31T08:30:00Z"
@@ -374,7 +374,7 @@ def test_kill_9_of_workers_loses_no_acknowledged_write(app_dir, tmp_path):
         cwd=app_dir, env=env, preexec_fn=deny_write_execute, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.log", "w"),
     )
     try:
-        wait_until_up(port)
+        wait_for(f"http://127.0.0.1:{port}/healthz", timeout=60)
         browser = Browser(port)
         token = browser.csrf("/signup")
         password = "correct horse battery"
@@ -428,16 +428,3 @@ def test_kill_9_of_workers_loses_no_acknowledged_write(app_dir, tmp_path):
     assert set(acknowledged) <= stored
 
 
-def wait_until_up(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the app does not answer on port {port}")
-        time.sleep(0.2)

@@ -380,13 +380,19 @@ def smoke(app_dir: Path, data_dir: Path, vertical: specs.Vertical) -> str:
 # -- impossible migrations ---------------------------------------------------------
 
 
-def test_impossible_migrations_are_refused_with_rows_listed_and_nothing_changed(project):
-    slug = "cheesemaking"
+def filled_app(project, slug):
+    """The app generated and migrated, with data in every table: (app, data, db_path)."""
     generate(project, [slug])
     app, data = project.app_dir(slug), project.app_dir(slug) / "instance"
     db_path = data / f"{slug}.db"
     assert flask_migrate(app, data).returncode == 0
     fill(db_path, normalized(project, slug))
+    return app, data, db_path
+
+
+def test_impossible_migrations_are_refused_with_rows_listed_and_nothing_changed(project):
+    slug = "cheesemaking"
+    app, data, db_path = filled_app(project, slug)
     db = open_db(db_path)
     db.execute("UPDATE customer SET name = 'same' WHERE account_id = 1")  # duplicates
     db.commit()
@@ -435,11 +441,7 @@ def master(db_path: Path) -> list:
 
 def test_a_killed_migration_leaves_the_old_or_the_new_database(project, tmp_path):
     slug = "cheesemaking"
-    generate(project, [slug])
-    app, data = project.app_dir(slug), project.app_dir(slug) / "instance"
-    db_path = data / f"{slug}.db"
-    assert flask_migrate(app, data).returncode == 0
-    fill(db_path, normalized(project, slug))
+    app, data, db_path = filled_app(project, slug)
     db = open_db(db_path)
     batch = db.execute("SELECT id, account_id FROM batch LIMIT 1").fetchone()
     db.executemany(
