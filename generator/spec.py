@@ -77,11 +77,12 @@ APP_MODULES = {
 }
 # The app's own URLs, which no entity's URL may take.
 APP_URLS = {"signup", "login", "logout", "account", "healthz", "static"}
-# Attributes of a WTForms form: a field attribute of that name would replace them.
+# Attributes of a WTForms form, which a field attribute of that name would replace, and
+# the module names the generated form class body uses (values.strip, date.fromisoformat).
 FORM_ATTRS = {
     "data", "errors", "form_errors", "meta", "validate", "populate_obj", "process",
     "hidden_tag", "is_submitted", "validate_on_submit", "extra_validators", "on_submit",
-    "submit", "Meta",
+    "submit", "Meta", "values", "date", "datetime",
 }
 PY_NAMES = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
 
