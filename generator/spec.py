@@ -125,6 +125,23 @@ class Entity:
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
 
+    @property
+    def capacity(self) -> int | None:
+        """How many records one account can hold at most when every field is filled,
+        or None when there is no small limit: a unique field with few possible values
+        (a choice, a bounded integer or decimal) sets it. The app's tests skip what
+        needs more records than that."""
+        limits = []
+        for f in self.fields:
+            if not f.unique:
+                continue
+            if f.type == "choice":
+                limits.append(len(f.choices))
+            elif f.type == "integer" and f.min is not None and f.max is not None:
+                limits.append(f.max - f.min + 1)
+            elif f.type == "decimal" and f.min is not None and f.max is not None:
+                limits.append(int((Decimal(f.max) - Decimal(f.min)).scaleb(f.places)) + 1)
+        return min(limits) if limits else None
 
 @dataclass(frozen=True)
 class Vertical:
@@ -164,7 +181,7 @@ class Vertical:
                 "name": e.name, "module": e.module, "class_name": e.class_name,
                 "label": e.label, "plural": e.plural, "plural_label": e.plural_label,
                 "url": e.url, "title_field": e.title_field, "list": list(e.list),
-                "search": list(e.search), "renamed_from": e.renamed_from,
+                "search": list(e.search), "renamed_from": e.renamed_from, "capacity": e.capacity,
                 "referenced_by": referenced_by, "fields": fields,
             })
         hour, minute = backup_time(self.slug)

@@ -93,8 +93,12 @@ def random_spec(seed: int) -> str:
     raise AssertionError(f"no valid spec drawn from seed {seed}")
 
 
-# Three specs in every run; VGEN_RANDOM_SPECS=N draws more.
-@pytest.mark.parametrize("seed", range(1, int(os.environ.get("VGEN_RANDOM_SPECS", "3")) + 1))
+# Three specs in every run; VGEN_RANDOM_SPECS=N draws more, from seed VGEN_RANDOM_FIRST on.
+FIRST = int(os.environ.get("VGEN_RANDOM_FIRST", "1"))
+COUNT = int(os.environ.get("VGEN_RANDOM_SPECS", "3"))
+
+
+@pytest.mark.parametrize("seed", range(FIRST, FIRST + COUNT))
 def test_a_random_valid_spec_generates_an_app_that_passes_its_own_tests(project, seed):
     slug = f"rand{seed}"
     write_spec(project, slug, random_spec(seed))

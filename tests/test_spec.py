@@ -350,3 +350,14 @@ def test_a_broken_field_is_reported_once(tmp_path):
     fields = '{ name = "code", type = "string", requried = true },\n{ name = "notes", type = "text" }'
     problems = problems_of(tmp_path, entity_spec(fields, 'list = ["code"]\nsearch = ["code"]\ntitle_field = "code"'))
     assert problems == [F + '"code": unknown key "requried" (allowed for a string field: default, help, label, max_length, name, renamed_from, required, type, unique)']
+
+
+def test_capacity_is_the_smallest_unique_domain(tmp_path):
+    path = write(tmp_path, entity_spec(
+        '{ name = "c", type = "choice", choices = ["a", "b", "c"], unique = true },\n'
+        '{ name = "n", type = "integer", min = 1, max = 2, unique = true },\n'
+        '{ name = "d", type = "decimal", places = 1, min = 0, max = 0.4, unique = true }'))
+    vertical = spec.load_vertical(path)
+    assert vertical.entity("item").capacity == 2
+    assert vertical.entity("box").capacity is None
+    assert vertical.answers(8100)["entities"][0]["capacity"] == 2
