@@ -1,7 +1,8 @@
 """Generate and regenerate apps: one vertical at a time, or the whole fleet in parallel.
 
-Each vertical is rendered in a worker process (copier changes the working directory).
-A vertical's outcome is one of created, updated, unchanged, conflict or failed; a
+Verticals are rendered in parallel worker processes (rendering is CPU work, and the
+GIL would serialize threads), forked after the template is compiled once. A vertical's
+outcome is one of created, updated, unchanged, conflict or failed; a
 vertical that conflicts or fails is left exactly as it was, with the would-be result
 committed aside on the app's ``vgen/conflict`` branch for the user to inspect.
 """
@@ -101,8 +102,10 @@ def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outco
         return []
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     outcomes = []
-    # fork: workers share the already imported copier. Callers must not run threads
-    # while this forks (the CLI's progress bar does not auto-refresh for that reason).
+    # fork: workers inherit the template compiled here once. Callers must not run
+    # threads while this forks (the CLI's progress bar does not auto-refresh for that).
+    for root, commit in {(job.root, job.commit) for job in jobs}:
+        render.template(root, commit).compile()
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(generate_one, job): job for job in jobs}

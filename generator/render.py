@@ -95,6 +95,12 @@ class Template:
             for name in filenames:
                 yield Path(dirpath, name).relative_to(self.src)
 
+    def compile(self) -> None:
+        """Compile every template file now (forked workers then share the result)."""
+        for rel in self._files:
+            if rel.name.endswith(TEMPLATES_SUFFIX):
+                self.env.get_template(rel.as_posix())
+
     def render(self, answers: dict, dest: Path, src_path: str) -> None:
         """Render the app for `answers` into dest (created when missing)."""
         remembered = {"_commit": self.version, "_src_path": src_path}
