@@ -98,17 +98,28 @@ def plan(project: Project, slugs: list[str] | None, dry_run: bool = False) -> tu
 
 def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outcome]:
     """Run jobs in worker processes; call on_done(outcome) as each finishes."""
-    if not jobs:
-        return []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     outcomes = []
+    # Unchanged verticals are found here, before any worker starts: reading an answers
+    # file is all they cost.
+    pending = []
+    for job in jobs:
+        if not job.dry_run and job.app_dir.exists() and is_current(job):
+            outcomes.append(Outcome(job.slug, "unchanged", port=job.answers["port"]))
+            if on_done:
+                on_done(outcomes[-1])
+        else:
+            pending.append(job)
+    order = {job.slug: i for i, job in enumerate(jobs)}
+    if not pending:
+        return sorted(outcomes, key=lambda o: order[o.slug])
+    workers = max(1, min(workers or os.cpu_count() or 1, len(pending)))
     # fork: workers inherit the template compiled here once. Callers must not run
     # threads while this forks (the CLI's progress bar does not auto-refresh for that).
-    for root, commit in {(job.root, job.commit) for job in jobs}:
+    for root, commit in {(job.root, job.commit) for job in pending}:
         render.template(root, commit).compile()
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(generate_one, job): job for job in jobs}
+        futures = {pool.submit(generate_one, job): job for job in pending}
         for future in as_completed(futures):
             job = futures[future]
             try:
@@ -119,7 +130,6 @@ def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outco
             outcomes.append(outcome)
             if on_done:
                 on_done(outcome)
-    order = {job.slug: i for i, job in enumerate(jobs)}
     return sorted(outcomes, key=lambda o: order[o.slug])
 
 
@@ -247,7 +257,7 @@ def _adopt(app: Path, job: Job, scratch: Path) -> None:
     joined into main's history by a merge that keeps main's files, so the next merge
     has it as the common base, as copier update would.
     """
-    recorded = _recorded_answers(app)
+    recorded = recorded_answers(app)
     old_commit = gitrepo.git(job.root, "rev-parse", "--verify", "-q", f"{recorded.get('_commit', '')}^{{commit}}", check=False).strip()
     if not old_commit:
         raise VgenError(f"{app}: .copier-answers.yml names template commit {recorded.get('_commit')!r}, "
@@ -272,22 +282,28 @@ def _keep_skipped(app: Path, fresh: Path, patterns: list[str]) -> None:
 
 def is_current(job: Job) -> bool:
     """True when the app was last generated from this template commit with these answers."""
-    recorded = _recorded_answers(job.app_dir)
+    recorded = recorded_answers(job.app_dir)
     if recorded.get("_commit") != job.version:
         return False
-    return {k: v for k, v in recorded.items() if not k.startswith("_")} == _plain(job.answers)
+    return {k: v for k, v in recorded.items() if not k.startswith("_")} == plain(job.answers)
 
 
-def _recorded_answers(app: Path) -> dict:
+# libyaml's loader where installed: reading every app's answers is most of a no-change run.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def recorded_answers(app: Path) -> dict:
+    """The app's .copier-answers.yml, or {} when it is missing or unreadable."""
     try:
-        return yaml.safe_load((app / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
+        return yaml.load((app / ".copier-answers.yml").read_text(encoding="utf-8"), Loader=_Loader) or {}
     except (OSError, yaml.YAMLError):
         return {}
 
 
-def _plain(answers: dict) -> dict:
+def plain(answers: dict) -> dict:
     """The answers as they read back from YAML (tuples become lists and so on)."""
-    return yaml.safe_load(yaml.safe_dump(answers))
+    return yaml.load(yaml.dump(answers, Dumper=_Dumper), Loader=_Loader)
 
 
 def _reason(exc: Exception) -> str:

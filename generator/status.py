@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from . import gitrepo, ports, render
-from .fleet import TEMPLATE_BRANCH, _plain
+from .fleet import TEMPLATE_BRANCH, plain, recorded_answers
 from .project import Project
 
 
@@ -37,12 +36,12 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
     def row(slug: str) -> Row:
         app = project.app_dir(slug)
         port = registry.ports.get(slug)
-        answers = _answers(app)
+        answers = recorded_answers(app)
         commit = answers.get("_commit", "")
         spec_changed = None
         if answers and slug in valid and port is not None:
             recorded = {k: v for k, v in answers.items() if not k.startswith("_")}
-            spec_changed = recorded != _plain(valid[slug].answers(port))
+            spec_changed = recorded != plain(valid[slug].answers(port))
         return Row(
             slug=slug, port=port,
             template=render.template_version(project.root, commit) if commit else "",
@@ -55,13 +54,6 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(row, slugs))
-
-
-def _answers(app: Path) -> dict:
-    try:
-        return yaml.safe_load((app / ".copier-answers.yml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
 
 
 def _hand_edits(app: Path) -> bool | None:
