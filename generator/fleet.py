@@ -214,7 +214,7 @@ def _update(job: Job) -> Outcome:
     does, from the old and new renderings).
     """
     app = job.app_dir
-    if is_current(job):
+    if is_current(job):  # run() skips these before forking; direct callers rely on it
         return Outcome(job.slug, "unchanged")
     if not gitrepo.is_repo(app):
         gitrepo.init(app)

@@ -35,10 +35,6 @@ def init(repo: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
 
 
-def is_clean(repo: Path) -> bool:
-    return not git(repo, "status", "--porcelain").strip()
-
-
 def commit_all(repo: Path, message: str) -> bool:
     """Stage everything git does not ignore and commit it; False when nothing changed."""
     git(repo, "add", "-A")

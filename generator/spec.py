@@ -147,7 +147,6 @@ class Entity:
 class Vertical:
     slug: str
     name: str
-    path: Path
     entities: tuple[Entity, ...]
     tagline: str = ""
     domain: str = ""
@@ -336,7 +335,7 @@ class _Validator:
         self.check_required_ref_cycles(entities)
         if len(self.problems) > start:
             return None
-        return Vertical(slug=slug, name=name, path=Path(self.display), entities=tuple(entities),
+        return Vertical(slug=slug, name=name, entities=tuple(entities),
                         tagline=tagline, domain=domain)
 
     # Entities -------------------------------------------------------------------------
@@ -451,7 +450,7 @@ class _Validator:
             while module in taken or module in PY_NAMES:
                 module += "_"
             taken.add(module)
-            result.append(_replace(e, module=module))
+            result.append(dataclasses.replace(e, module=module))
         return result
 
     def check_urls(self, entities: list[Entity]) -> None:
@@ -769,12 +768,8 @@ def assign_attrs(fields: list[Field]) -> list[Field]:
         while attr in taken or attr in FORM_ATTRS or keyword.iskeyword(attr) or attr.startswith("validate_"):
             attr += "_"
         taken.add(attr)
-        result.append(_replace(f, attr=attr))
+        result.append(dataclasses.replace(f, attr=attr))
     return result
-
-
-def _replace(obj, **changes):
-    return dataclasses.replace(obj, **changes)
 
 
 def _is_int(value) -> bool:
