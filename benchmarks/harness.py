@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -31,6 +32,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+# Under load, the server runs on core 0 and wrk on core 1 (taskset), so the two never
+# take turns on one core: the figures then measure the server's own cost per request.
+SERVER_CPUS, CLIENT_CPUS = ("0", "1") if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else (None, None)
 
 # A bare Flask app: the baseline the generated apps are measured against.
 HELLO = '''from flask import Flask
@@ -129,10 +134,13 @@ class Gunicorn:
     """One gunicorn master (and its workers) in its own process group."""
 
     def __init__(self, app_dir: Path, *, config: Path, data_dir: Path | None = None, bind: str | None = None,
-                 app_uri: str | None = None, log: Path | None = None, env: dict | None = None):
+                 app_uri: str | None = None, log: Path | None = None, env: dict | None = None,
+                 cpus: str | None = None):
         self.app_dir, self.config, self.bind = Path(app_dir), Path(config), bind
         self.log = log or Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
         args = [PYTHON, "-m", "gunicorn", "--config", str(self.config)]
+        if cpus:
+            args = ["taskset", "-c", cpus, *args]
         if bind:
             args += ["--bind", bind]
         if app_uri:
@@ -362,7 +370,7 @@ def wrk(url: str, *, connections: int, seconds: float, headers: dict | None = No
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write((script or "") + WRK_REPORT)
     try:
-        args = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds:g}s",
+        args = (["taskset", "-c", CLIENT_CPUS] if CLIENT_CPUS else []) + ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds:g}s",
                 "--timeout", "10s", "-s", f.name]
         for key, value in (headers or {}).items():
             args += ["-H", f"{key}: {value}"]
@@ -378,6 +386,27 @@ def wrk(url: str, *, connections: int, seconds: float, headers: dict | None = No
     return {"rps": data["requests"] / (data["duration_us"] / 1e6), "p50_ms": data["p50_us"] / 1000,
             "p99_ms": data["p99_us"] / 1000, "max_ms": data["max_us"] / 1000, "requests": data["requests"],
             "errors": errors}
+
+
+def pinning() -> str:
+    if SERVER_CPUS:
+        return f"gunicorn on CPU {SERVER_CPUS}, wrk on CPU {CLIENT_CPUS}"
+    return "gunicorn and wrk not pinned (one core)"
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each figure of several wrk runs of one page: the median; errors: the sum."""
+    def median(values):
+        values = sorted(values)
+        return values[len(values) // 2]
+    return {"rps": median([r["rps"] for r in runs]), "p50_ms": median([r["p50_ms"] for r in runs]),
+            "p99_ms": median([r["p99_ms"] for r in runs]), "errors": sum(r["errors"] for r in runs)}
+
+
+def gunicorn_env() -> str:
+    """The GUNICORN_* overrides of the generated config in this environment, if any."""
+    overrides = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("GUNICORN_"))
+    return f", with {overrides}" if overrides else ""
 
 
 # ---------------------------------------------------------------------------- the machine

@@ -152,7 +152,8 @@ def main(argv=None) -> None:
 
         log = tmp / "app.log"
         bind = f"127.0.0.1:{harness.free_port()}"
-        with harness.Gunicorn(app_dir, config=config, data_dir=data, bind=bind, log=log) as server:
+        with harness.Gunicorn(app_dir, config=config, data_dir=data, bind=bind, log=log,
+                              cpus=harness.SERVER_CPUS) as server:
             server.wait_ready()
             browser = harness.sign_up(server.url(""), args.slug)
             conn = sqlite3.connect(db_path)
@@ -183,12 +184,14 @@ def main(argv=None) -> None:
         hello = harness.write_hello(tmp / "hello")
         (hello / "hello.py").write_text((hello / "hello.py").read_text() + HELLO_POST)
         bind = f"127.0.0.1:{harness.free_port()}"
-        with harness.Gunicorn(hello, config=config, bind=bind, app_uri="hello:app", log=tmp / "hello.log") as server:
+        with harness.Gunicorn(hello, config=config, bind=bind, app_uri="hello:app", log=tmp / "hello.log",
+                              cpus=harness.SERVER_CPUS) as server:
             server.wait_ready()
             base = ladder(server.url("/things/new"), steps, args.seconds,
                           {"Content-Type": "application/x-www-form-urlencoded"},
                           lambda run: lua("/things/new", "code=" + UNIQUE, run))
 
+    print(f"  {harness.pinning()}{harness.gunicorn_env()}")
     print(f"  {'connections':>11} {'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'locked':>7} "
           f"{'lost':>5} {'bare req/s':>11} {'vs bare':>8}")
     for r, b in zip(results, base):

@@ -8,6 +8,7 @@ and per client address, so the limits hold across workers and restarts.
 import functools
 import hashlib
 import sqlite3
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
@@ -63,6 +64,7 @@ def start_session(user_id, password_hash):
     session.permanent = True
     session["user_id"] = user_id
     session["stamp"] = password_stamp(password_hash)
+    session["renewed"] = today()
 
 
 def safe_next(target):
@@ -96,6 +98,16 @@ def load_logged_in_user():
         session.clear()  # the user is gone or changed their password elsewhere
         return
     g.user = user
+    # A session lasts PERMANENT_SESSION_LIFETIME from its last renewal. Renewing it on
+    # the first request of each day keeps active users logged in without re-signing and
+    # re-sending the cookie with every response (Flask's default, about as costly as a
+    # small page; SESSION_REFRESH_EACH_REQUEST is off in create_app).
+    if session.get("renewed") != today():
+        session["renewed"] = today()
+
+
+def today():
+    return datetime.now(timezone.utc).date().isoformat()
 
 
 def login_required(view):

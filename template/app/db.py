@@ -30,34 +30,45 @@ def connect(path):
 
 
 def get_db():
-    """The request's connection, opened on first use and closed at teardown."""
+    """The connection for this request: the thread's own, opened on its first request.
+
+    Opening a SQLite connection is cheap, but its first statement reads and parses the
+    whole schema (about half a millisecond here, more than a page takes to render). So
+    each server thread keeps its connection open from one request to the next; close_db
+    makes sure no transaction outlives its request.
+    """
     if "db" not in g:
         path = current_app.config["DATABASE"]
-        _keep_wal_open(path)
-        g.db = connect(path)
+        conn = getattr(_thread, "conn", None)
+        if conn is None or _thread.path != path:
+            if conn is not None:
+                conn.close()  # a thread serving another app (the tests make many)
+            conn = _thread.conn = connect(path)
+            _thread.path = path
+        g.db = conn
     return g.db
 
 
-# When the last connection to a WAL database closes, SQLite checkpoints the log into the
-# database, syncs it and deletes it: on a quiet app, a disk sync on every request. One
-# idle connection per process, opened once and never used, keeps the log in place (the
-# usual automatic checkpoints still run). A few databases at most: tests make many apps.
-_keepers = {}
-_keepers_lock = threading.Lock()
-
-
-def _keep_wal_open(path):
-    with _keepers_lock:
-        if path not in _keepers:
-            if len(_keepers) >= 4:
-                _keepers.pop(next(iter(_keepers))).close()
-            _keepers[path] = sqlite3.connect(path, check_same_thread=False)
+# One connection per thread. It also keeps the WAL file in place between requests:
+# when the last connection to a WAL database closes, SQLite checkpoints the log, syncs
+# the database and deletes the log, a disk sync on every request of a quiet app.
+_thread = threading.local()
 
 
 def close_db(e=None):
+    """End the request's use of the connection: roll back whatever it left uncommitted.
+
+    After an unhandled error the connection is closed instead: a cursor kept alive by
+    the error's traceback could otherwise hold an old snapshot for the next request.
+    """
     db = g.pop("db", None)
-    if db is not None:
+    if db is None:
+        return
+    if e is not None:
         db.close()
+        _thread.conn = None
+    elif db.in_transaction:
+        db.rollback()
 
 
 def read_schema():

@@ -1,6 +1,7 @@
 """The connection's pragmas and `flask --app app migrate` creating the database."""
 
 import sqlite3
+import threading
 
 import pytest
 
@@ -19,8 +20,45 @@ def test_connection_pragmas(app):
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
         assert isinstance(db.execute("SELECT 1 AS one").fetchone(), sqlite3.Row)
+
+
+def test_thread_keeps_its_connection_but_no_transaction(app):
+    with app.app_context():
+        db = get_db()
+        db.execute('INSERT INTO "account" ("name") VALUES (?)', ("never committed",))
+        assert db.in_transaction
+    assert not db.in_transaction  # rolled back at teardown
+    with app.app_context():
+        assert get_db() is db  # the thread's next request reuses it
+        assert db.execute('SELECT count(*) FROM "account"').fetchone()[0] == 0
+
+    seen = []
+
+    def other_thread():
+        with app.app_context():
+            seen.append(get_db())
+            seen.append(get_db().execute('SELECT count(*) FROM "account"').fetchone()[0])
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert seen[0] is not db and seen[1] == 0
+
+
+def test_connection_closed_after_an_error(app):
+    @app.get("/fails")
+    def fails():
+        get_db().execute('INSERT INTO "account" ("name") VALUES (?)', ("half done",))
+        raise RuntimeError("boom")
+
+    app.testing = False  # a 500 page, not the exception
+    with app.app_context():
+        before = get_db()
+    assert app.test_client().get("/fails").status_code == 500
     with pytest.raises(sqlite3.ProgrammingError):
-        db.execute("SELECT 1")  # closed at teardown
+        before.execute("SELECT 1")  # closed: the thread opens a fresh one next time
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "account"').fetchone()[0] == 0
 
 
 def test_migrate_creates_then_does_nothing(tmp_path, monkeypatch):

@@ -85,6 +85,18 @@ def test_session_renewed_at_login(client, auth):
         assert session.permanent
 
 
+def test_session_cookie_renewed_once_a_day_of_use(client, auth):
+    auth.signup()
+    client.get("/")  # the first page adds its CSRF token to the session
+    assert not client.get("/").headers.getlist("Set-Cookie")  # renewed at login, today
+    with client.session_transaction() as s:
+        s["renewed"] = "2000-01-01"  # last used long ago (but within its lifetime)
+    cookie = session_cookie_header(client.get("/"))
+    assert "Expires=" in cookie  # a new lifetime from today
+    assert not client.get("/").headers.getlist("Set-Cookie")
+    assert b"/logout" in client.get("/").data  # still logged in
+
+
 # -- CSRF -------------------------------------------------------------------------
 
 
