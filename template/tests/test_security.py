@@ -161,6 +161,16 @@ def test_security_headers(client, url):
     assert headers["X-Frame-Options"] == "DENY"
 
 
+def test_a_views_own_security_header_wins(app, client):
+    @app.get("/framed")
+    def framed():
+        return "ok", {"X-Frame-Options": "SAMEORIGIN"}
+
+    headers = client.get("/framed").headers
+    assert headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
 @pytest.mark.parametrize(
     ("method", "url", "status", "text"),
     [
