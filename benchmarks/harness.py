@@ -370,8 +370,10 @@ def wrk(url: str, *, connections: int, seconds: float, headers: dict | None = No
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write((script or "") + WRK_REPORT)
     try:
-        args = (["taskset", "-c", CLIENT_CPUS] if CLIENT_CPUS else []) + ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds:g}s",
+        args = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{seconds:g}s",
                 "--timeout", "10s", "-s", f.name]
+        if CLIENT_CPUS:
+            args = ["taskset", "-c", CLIENT_CPUS, *args]
         for key, value in (headers or {}).items():
             args += ["-H", f"{key}: {value}"]
         result = subprocess.run(args + [url], capture_output=True, text=True)

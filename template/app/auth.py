@@ -102,8 +102,9 @@ def load_logged_in_user():
     # the first request of each day keeps active users logged in without re-signing and
     # re-sending the cookie with every response (Flask's default, about as costly as a
     # small page; SESSION_REFRESH_EACH_REQUEST is off in create_app).
-    if session.get("renewed") != today():
-        session["renewed"] = today()
+    day = today()
+    if session.get("renewed") != day:
+        session["renewed"] = day
 
 
 def today():

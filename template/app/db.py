@@ -39,13 +39,13 @@ def get_db():
     """
     if "db" not in g:
         path = current_app.config["DATABASE"]
-        conn = getattr(_thread, "conn", None)
-        if conn is None or _thread.path != path:
-            if conn is not None:
-                conn.close()  # a thread serving another app (the tests make many)
-            conn = _thread.conn = connect(path)
-            _thread.path = path
-        g.db = conn
+        file = _file(path)
+        if file is None or getattr(_thread, "file", None) != file:
+            if getattr(_thread, "conn", None) is not None:
+                _thread.conn.close()
+            _thread.conn = connect(path)
+            _thread.file = _file(path)
+        g.db = _thread.conn
     return g.db
 
 
@@ -53,6 +53,17 @@ def get_db():
 # when the last connection to a WAL database closes, SQLite checkpoints the log, syncs
 # the database and deletes the log, a disk sync on every request of a quiet app.
 _thread = threading.local()
+
+
+def _file(path):
+    """The file `path` names now, or None. A thread that finds another file there (the
+    tests' next app, a database moved into place) opens a new connection: one still on
+    the old file would write where no one reads."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return path, st.st_dev, st.st_ino
 
 
 def close_db(e=None):
@@ -66,7 +77,7 @@ def close_db(e=None):
         return
     if e is not None:
         db.close()
-        _thread.conn = None
+        _thread.conn = _thread.file = None
     elif db.in_transaction:
         db.rollback()
 

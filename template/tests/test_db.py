@@ -1,5 +1,6 @@
 """The connection's pragmas and `flask --app app migrate` creating the database."""
 
+import os
 import sqlite3
 import threading
 
@@ -59,6 +60,25 @@ def test_connection_closed_after_an_error(app):
         before.execute("SELECT 1")  # closed: the thread opens a fresh one next time
     with app.app_context():
         assert get_db().execute('SELECT count(*) FROM "account"').fetchone()[0] == 0
+
+
+def test_a_database_moved_into_place_gets_a_new_connection(app, tmp_path):
+    path = app.config["DATABASE"]
+    with app.app_context():
+        before = get_db()
+        before.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    replacement = tmp_path / "replacement.db"
+    conn = connect(path)
+    conn.execute("VACUUM INTO ?", (str(replacement),))
+    conn.close()
+    conn = connect(replacement)
+    conn.execute('INSERT INTO "account" ("name") VALUES (?)', ("only in the replacement",))
+    conn.commit()
+    conn.close()
+    os.replace(replacement, path)
+    with app.app_context():
+        assert get_db() is not before
+        assert get_db().execute('SELECT "name" FROM "account"').fetchall()[0][0] == "only in the replacement"
 
 
 def test_migrate_creates_then_does_nothing(tmp_path, monkeypatch):
