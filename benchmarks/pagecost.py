@@ -29,6 +29,7 @@ from . import harness
 
 INSIDE = r'''
 import sqlite3, sys, time
+from pathlib import Path
 from flask import Flask, g
 from werkzeug.test import EnvironBuilder
 
@@ -156,8 +157,7 @@ def main(argv=None) -> None:
         entity = max((e for e in entities if e.get("search")), key=lambda e: len(e["fields"]))
         setup = (f"REPO = {str(harness.REPO)!r}\nSLUG = {args.slug!r}\nRECORDS = {args.records}\n"
                  f"ROUNDS = {args.rounds}\nPER_ROUND = {args.per_round}\n"
-                 f"ENTITY = {dict(name=entity['name'], module=entity['module'], url=entity['url'])!r}\n"
-                 "from pathlib import Path\n")
+                 f"ENTITY = {dict(name=entity['name'], module=entity['module'], url=entity['url'])!r}\n")
         print(f"  {'':48} {'us/request':>8} {'vs bare':>8}")
         done = subprocess.run([harness.PYTHON, "-c", setup + INSIDE], cwd=app_dir,
                               env={**os.environ, "DATA_DIR": str(data)}, text=True)
