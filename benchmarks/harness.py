@@ -291,6 +291,13 @@ def answers(app_dir: Path) -> dict:
     return yaml.safe_load((app_dir / ".copier-answers.yml").read_text())
 
 
+def list_entity(app_dir: Path) -> dict:
+    """The entity whose list page the benchmarks load: the one with the most fields
+    among those with a search."""
+    entities = answers(app_dir)["entities"]
+    return max((e for e in entities if e.get("search")), key=lambda e: len(e["fields"]))
+
+
 def _value(field: dict, i: int, rng: random.Random, ids: dict):
     """A stored value for `field` (the app's storage conventions) in record number i."""
     kind = field["type"]

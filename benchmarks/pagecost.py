@@ -152,9 +152,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="vgen-bench-pagecost-") as tmp:
         tmp = Path(tmp)
         app_dir, data = harness.generated_app(tmp, args.slug)
-        entities = harness.answers(app_dir)["entities"]
-        # The list page: the same entity as scripts/bench serve's.
-        entity = max((e for e in entities if e.get("search")), key=lambda e: len(e["fields"]))
+        entity = harness.list_entity(app_dir)  # the list page scripts/bench serve loads
         setup = (f"REPO = {str(harness.REPO)!r}\nSLUG = {args.slug!r}\nRECORDS = {args.records}\n"
                  f"ROUNDS = {args.rounds}\nPER_ROUND = {args.per_round}\n"
                  f"ENTITY = {dict(name=entity['name'], module=entity['module'], url=entity['url'])!r}\n")

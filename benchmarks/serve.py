@@ -35,9 +35,7 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         app_dir, data = harness.generated_app(tmp, args.slug)
         config = app_dir / "gunicorn.conf.py"
-        entities = harness.answers(app_dir)["entities"]
-        # The list and search pages: the entity with the most fields among those with a search.
-        entity = max((e for e in entities if e.get("search")), key=lambda e: len(e["fields"]))
+        entity = harness.list_entity(app_dir)  # its list and search pages
         hello = harness.write_hello(tmp / "hello")
 
         # Both servers run side by side and are loaded in turn, round after round, so a
