@@ -8,6 +8,10 @@ baseline is a bare Flask "hello" app under the very same gunicorn config (same w
 threads, worker class), running beside it and loaded in turn with the app's pages, round
 after round; each figure is the median of the rounds. GUNICORN_* variables in the
 environment override the generated config for both (e.g. GUNICORN_THREADS=2).
+
+One more row shows the ceiling: a route added to the app's own custom.py that answers
+"x" to the logged-in user. It runs everything every page runs (request hooks, the signed
+session, the user's row) and nothing else, so no page of the app can be faster.
 """
 
 from __future__ import annotations
@@ -18,6 +22,27 @@ import tempfile
 from pathlib import Path
 
 from . import harness
+
+# Appended to the generated app's custom.py, the founder's own file: the cheapest page.
+CEILING = '''
+
+# Added by scripts/bench serve: the cheapest page a logged-in user can ask for.
+from .auth import login_required
+
+
+@login_required
+def _bench_ceiling():
+    return "x"
+
+
+_init_app = init_app
+
+
+def init_app(app):
+    _init_app(app)
+    app.add_url_rule("/__bench-ceiling", "bench_ceiling", _bench_ceiling)
+'''
+CEILING_LABEL = "ceiling: logged-in route answering 'x'"
 
 
 def main(argv=None) -> None:
@@ -35,6 +60,8 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         app_dir, data = harness.generated_app(tmp, args.slug)
         config = app_dir / "gunicorn.conf.py"
+        with open(app_dir / "app" / "custom.py", "a", encoding="utf-8") as custom:
+            custom.write(CEILING)
         entity = harness.list_entity(app_dir)  # its list and search pages
         hello = harness.write_hello(tmp / "hello")
 
@@ -55,6 +82,8 @@ def main(argv=None) -> None:
             # The page must really be the logged-in page, not a redirect to /login.
             if "/logout" not in browser.get("/"):
                 raise SystemExit("the session cookie does not log in")
+            if browser.get("/__bench-ceiling") != "x":
+                raise SystemExit("the ceiling route did not answer 'x' to the logged-in user")
             cookie = {"Cookie": f"{args.slug}_session={browser.cookie(args.slug + '_session')}"}
             pages = [
                 ("bare Flask hello (baseline)", bare.url("/"), {}),
@@ -62,6 +91,7 @@ def main(argv=None) -> None:
                 (f"list /{entity['url']}/", server.url(f"/{entity['url']}/"), cookie),
                 (f"live search /{entity['url']}/?q=1 (HX)", server.url(f"/{entity['url']}/?q=1"),
                  {**cookie, "HX-Request": "true"}),
+                (CEILING_LABEL, server.url("/__bench-ceiling"), cookie),
             ]
             for _, url, headers in pages:
                 harness.wrk(url, connections=args.connections, seconds=2, headers=headers)  # warm-up
