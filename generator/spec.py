@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from wtforms import EmailField, Form, URLField
+from wtforms.validators import URL, Email
+
 from .errors import VgenError
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
@@ -69,6 +72,7 @@ RESERVED_ENTITIES = {"account", "user", "login_attempt"}
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
     "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "values", "forms",
+    "security",  # tests/test_<module>.py must not replace the app's tests/test_security.py
     "templates", "static", "tests", "flask", "werkzeug", "wtforms", "flask_wtf", "click",
     "session", "request", "g", "flash", "redirect", "url_for", "abort", "render_template",
     "current_app", "jsonify", "blueprint", "response", "markup", "os", "sys", "io", "csv",
@@ -652,10 +656,12 @@ class _Validator:
                 return refuse(f"must be a string for a {ftype} field")
             if max_length is not None and len(value) > max_length:
                 return refuse(f"is longer than max_length {max_length}")
-            if ftype == "email" and not EMAIL_RE.match(value):
-                return refuse("is not an email address")
-            if ftype == "url" and not URL_RE.match(value):
-                return refuse("is not an http(s) URL")
+            if not value.strip():
+                return refuse("is blank: the form stores a blank value as empty")
+            if ftype == "email" and not (EMAIL_RE.match(value) and _form_accepts("email", value)):
+                return refuse("is not an email address the app's form accepts")
+            if ftype == "url" and not (URL_RE.match(value) and _form_accepts("url", value)):
+                return refuse("is not an http(s) URL with a domain name, as the app's form requires")
             if ftype == "choice" and choices and value not in choices:
                 return refuse(f"is not one of the choices ({', '.join(choices)})")
             return value
@@ -706,8 +712,9 @@ class _Validator:
 
 
 # Display text lands in Jinja templates (the app's and copier's): template markup in it
-# would be read as code, so it is refused rather than half-escaped.
-MARKUP = ("{{", "}}", "{%", "%}", "{#", "#}", "[[", "]]", "[%", "%]", "[#", "#]")
+# would be read as code, so it is refused rather than half-escaped. A lone brace is
+# refused too: "Box {" next to the template's own "{% else %}" reads as "{{%".
+MARKUP = ("{{", "}}", "{%", "%}", "{#", "#}", "[[", "]]", "[%", "%]", "[#", "#]", "{", "}")
 
 
 def text_problem(value: str) -> str | None:
@@ -765,11 +772,25 @@ def assign_attrs(fields: list[Field]) -> list[Field]:
     result = []
     for f in fields:
         attr = f.name
-        while attr in taken or attr in FORM_ATTRS or keyword.iskeyword(attr) or attr.startswith("validate_"):
+        if attr.startswith("validate_"):  # WTForms would take form.validate_x as a validator
+            attr = "field_" + attr
+        while attr in taken or attr in FORM_ATTRS or keyword.iskeyword(attr):
             attr += "_"
         taken.add(attr)
         result.append(dataclasses.replace(f, attr=attr))
     return result
+
+
+class _DefaultsForm(Form):
+    """The generated app's own validators for these types: a default must pass them."""
+
+    email = EmailField(validators=[Email()])
+    url = URLField(validators=[URL()])
+
+
+def _form_accepts(name: str, value: str) -> bool:
+    form = _DefaultsForm(data={name: value})
+    return form[name].validate(form)
 
 
 def _is_int(value) -> bool:

@@ -89,9 +89,15 @@ FIELD_CASES = [
     ('{ name = "c", type = "choice" }',
      F + '"c": a choice field needs "choices", a non-empty list of strings'),
     ('{ name = "e", type = "email", default = "nope" }',
-     F + '"e": default \'nope\' is not an email address'),
+     F + '"e": default \'nope\' is not an email address the app\'s form accepts'),
+    ('{ name = "e", type = "email", default = "a@b..c" }',
+     F + '"e": default \'a@b..c\' is not an email address the app\'s form accepts'),
     ('{ name = "u", type = "url", default = "ftp://x" }',
-     F + '"u": default \'ftp://x\' is not an http(s) URL'),
+     F + '"u": default \'ftp://x\' is not an http(s) URL with a domain name, as the app\'s form requires'),
+    ('{ name = "u", type = "url", default = "http://localhost:8000/" }',
+     F + '"u": default \'http://localhost:8000/\' is not an http(s) URL with a domain name, as the app\'s form requires'),
+    ('{ name = "s", type = "string", required = true, default = "   " }',
+     F + '"s": default \'   \' is blank: the form stores a blank value as empty'),
     ('{ name = "d", type = "date", default = "31/01/2024" }',
      F + '"d": default \'31/01/2024\' must be a date such as 2024-01-31'),
     ('{ name = "t", type = "datetime", default = 2024-01-31T08:00:00Z }',
@@ -288,12 +294,19 @@ fields = [{ name = "room", type = "ref", to = "aging_room" }]
 
 
 @pytest.mark.parametrize("name, module", [
-    ("session", "session_"), ("db", "db_"), ("type", "type_"), ("order", "order"), ("import", "import_"),
+    ("session", "session_"), ("db", "db_"), ("security", "security_"), ("type", "type_"), ("order", "order"), ("import", "import_"),
 ])
 def test_entity_modules_avoid_clashes(tmp_path, name, module):
     text = f'slug = "shop"\nname = "Shop"\n[[entities]]\nname = "{name}"\nplural = "{name} records"\nfields = [{{ name = "x", type = "string" }}]\n'
     (v,), problems = spec.load_verticals(write(tmp_path, text).parent, tmp_path)
     assert v.entities[0].module == module
+
+
+def test_field_attributes_avoid_wtforms_validator_names(tmp_path):
+    """A form attribute validate_x would be taken for field x's validator."""
+    path = write(tmp_path, entity_spec('{ name = "validate_on", type = "string" },\n{ name = "field_validate_on", type = "string" }'))
+    item = spec.load_vertical(path).entity("item")
+    assert [f.attr for f in item.fields] == ["field_validate_on", "field_validate_on_"]
 
 
 def test_fingerprint_follows_the_spec(tmp_path):
@@ -341,6 +354,7 @@ def test_any_document_gives_problems_not_a_traceback(data):
     (GOOD.replace('name = "Shop"', 'name = "Shop"\ntagline = "a\\nb"'), 'verticals/shop.toml: "tagline" must be one line of text, without control characters'),
     (GOOD.replace('required = true', 'label = "T [% x %]"'), 'verticals/shop.toml: entity "item", field "title": "label" must not contain "[%" (template markup)'),
     (GOOD.replace('type = "string", required = true', 'type = "choice", choices = ["a", "{% b"]'), 'verticals/shop.toml: entity "item", field "title": choice \'{% b\' must not contain "{%" (template markup)'),
+    (GOOD.replace('name = "item"', 'name = "item"\nlabel = "Box {"'), 'verticals/shop.toml: entity "item": "label" must not contain "{" (template markup)'),
 ])
 def test_display_text_never_carries_template_markup(tmp_path, text, message):
     assert problems_of(tmp_path, text) == [message]
