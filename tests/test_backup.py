@@ -245,6 +245,90 @@ def test_restore_round_trip_is_exact(app):
     assert "Saved the current database as" in done.stdout
 
 
+def test_restore_a_copy_made_with_cp_includes_its_wal(app, tmp_path):
+    """cp of a live database leaves recent commits in the -wal file beside it."""
+    live = app.connect()
+    live.execute("PRAGMA wal_autocheckpoint = 0")  # keep the rows below in the -wal
+    live.execute("""INSERT INTO "aging_room" ("account_id", "name", "created_at", "updated_at") VALUES (1, 'only in the wal', 'x', 'x')""")
+    live.commit()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(app.database.read_bytes())
+    Path(f"{copy}-wal").write_bytes(Path(f"{app.database}-wal").read_bytes())
+    expected = ids(app.database)
+    live.execute('DELETE FROM "aging_room" WHERE "id" > 10')
+    live.commit()
+    live.close()
+
+    done = app.flask("restore", str(copy))
+    assert done.returncode == 0, done.stderr
+    assert ids(app.database) == expected
+    assert app.connect().execute("""SELECT count(*) FROM "aging_room" WHERE "name" = 'only in the wal'""").fetchone()[0] == 1
+
+
+def test_restore_brings_an_older_backup_to_the_current_schema(app, tmp_path):
+    """A backup from before a column and a table existed: restored, then migrated, so
+    the app's pages never meet a schema its code does not expect."""
+    path = app.backup()
+    old = tmp_path / "old.db"
+    old.write_bytes(path.read_bytes())
+    db = sqlite3.connect(old)
+    db.executescript(
+        """
+        CREATE TABLE "aging_room_old" AS SELECT "id", "account_id", "name", "created_at", "updated_at" FROM "aging_room";
+        DROP TABLE "aging_room";
+        ALTER TABLE "aging_room_old" RENAME TO "aging_room";
+        DROP TABLE "class";
+        """
+    )
+    db.close()
+
+    done = app.flask("restore", str(old))
+    assert done.returncode == 0, done.stderr
+    assert "Brought it to this app's schema first" in done.stdout
+    assert ids(app.database) == ids(path)
+    wanted = app.connect(path)
+    live = app.connect()
+    for table in ("aging_room", "class"):
+        assert live.execute("SELECT sql FROM sqlite_schema WHERE name = ?", (table,)).fetchone() == wanted.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = ?", (table,)
+        ).fetchone()
+    assert live.execute('SELECT count(*) FROM "aging_room" WHERE "temperature_c" IS NULL').fetchone()[0] == 20000
+
+
+def test_restore_takes_a_backup_with_another_page_size(app, tmp_path):
+    path = app.backup()
+    big = tmp_path / "big.db"
+    big.write_bytes(path.read_bytes())
+    db = sqlite3.connect(big)
+    db.execute("PRAGMA page_size = 65536")
+    db.execute("VACUUM")
+    db.close()
+    done = app.flask("restore", str(big))
+    assert done.returncode == 0, done.stderr
+    assert app.dump() == app.dump(path)
+
+
+def test_restore_while_the_app_writes_succeeds(app, tmp_path):
+    """Writes that land right after the restore change the row counts; that is no failure."""
+    path = app.backup()
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(app.database), str(stop)],
+        cwd=app.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(0.3)
+        done = app.flask("restore", str(path))
+        time.sleep(0.3)
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and not err, err
+    assert done.returncode == 0, done.stderr
+    assert ids(path) <= ids(app.database)
+    assert integrity(app.database) == "ok"
+
+
 def foreign_database(path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript('CREATE TABLE "account" (id); CREATE TABLE "user" (id); CREATE TABLE "hive" (id);')
@@ -267,6 +351,8 @@ def not_an_app_database(path: Path) -> None:
         ("another app's", "unknown tables hive"),
         ("no app tables", "no account, user table"),
         ("missing", "no such file"),
+        ("with a trigger", "trigger wipe"),
+        ("with a view", "view rooms"),
     ],
 )
 def test_restore_refuses_a_bad_file_and_changes_nothing(app, tmp_path, kind, message):
@@ -284,6 +370,14 @@ def test_restore_refuses_a_bad_file_and_changes_nothing(app, tmp_path, kind, mes
         foreign_database(bad)
     elif kind == "no app tables":
         not_an_app_database(bad)
+    elif kind in ("with a trigger", "with a view"):
+        bad.write_bytes(good)
+        db = sqlite3.connect(bad)
+        if kind == "with a trigger":
+            db.execute('CREATE TRIGGER "wipe" AFTER INSERT ON "aging_room" BEGIN DELETE FROM "aging_room"; END')
+        else:
+            db.execute('CREATE VIEW "rooms" AS SELECT * FROM "aging_room"')
+        db.close()
     before = snapshot(app.data_dir)
     dump = app.dump()
 

@@ -15,9 +15,10 @@ from flask import Blueprint, current_app, flash, g, redirect, render_template, r
 from flask_wtf import FlaskForm
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
-from wtforms.validators import Email, EqualTo, InputRequired, Length
+from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length
 
 from .db import get_db
+from .values import strip
 
 bp = Blueprint("auth", __name__)
 
@@ -25,9 +26,11 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 200
 
 
+# Emails and the account name are stripped of surrounding spaces before validation, so
+# " ann@example.com " is Ann's address and "   " is no account name (DataRequired).
 class SignupForm(FlaskForm):
-    account = StringField("Account name", validators=[InputRequired(), Length(max=100)])
-    email = EmailField("Email", validators=[InputRequired(), Email(), Length(max=254)])
+    account = StringField("Account name", filters=[strip], validators=[DataRequired(), Length(max=100)])
+    email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
     confirm = PasswordField(
         "Confirm password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
@@ -35,7 +38,7 @@ class SignupForm(FlaskForm):
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[InputRequired(), Email(), Length(max=254)])
+    email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
 
 
@@ -184,6 +187,22 @@ def is_throttled(email, address):
     )
 
 
+def forget_failures(email):
+    """A correct password clears the email's failed attempts."""
+    db = get_db()
+    with db:
+        db.execute('DELETE FROM "login_attempt" WHERE "email" = ?', (email,))
+
+
+def too_many_failures(template, **context):
+    """429 with the form again, and when to come back."""
+    window = current_app.config["LOGIN_WINDOW_SECONDS"]
+    flash(f"Too many failed attempts. Wait {window // 60} minutes, then try again.", "error")
+    response = current_app.make_response((render_template(template, **context), 429))
+    response.headers["Retry-After"] = str(window)
+    return response
+
+
 # Checked against when the email is unknown, so both cases take as long.
 _dummy_hash = None
 
@@ -208,16 +227,11 @@ def login():
         email = form.email.data.strip().lower()
         address = request.remote_addr or "unknown"  # the client's, thanks to ProxyFix
         if is_throttled(email, address):
-            minutes = current_app.config["LOGIN_WINDOW_SECONDS"] // 60
-            flash(f"Too many failed log-in attempts. Wait {minutes} minutes, then try again.", "error")
-            response = current_app.make_response((render_template("auth/login.html", form=form, next=next_url), 429))
-            response.headers["Retry-After"] = str(current_app.config["LOGIN_WINDOW_SECONDS"])
-            return response
+            return too_many_failures("auth/login.html", form=form, next=next_url)
         db = get_db()
         user = db.execute('SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)).fetchone()
         if check_password(user, form.password.data):
-            with db:
-                db.execute('DELETE FROM "login_attempt" WHERE "email" = ?', (email,))
+            forget_failures(email)
             start_session(user["id"], user["password_hash"])
             return redirect(next_url or url_for("main.index"))
         record_failure(email, address)
@@ -237,9 +251,16 @@ def logout():
 def change_password():
     form = PasswordForm()
     if form.validate_on_submit():
+        # Guesses at the current password count as failed logins of this user: a
+        # stolen session cannot try more passwords here than on the login page.
+        email, address = g.user["email"], request.remote_addr or "unknown"
+        if is_throttled(email, address):
+            return too_many_failures("auth/password.html", form=form)
         if not check_password_hash(g.user["password_hash"], form.current_password.data):
+            record_failure(email, address)
             form.current_password.errors.append("This is not your current password.")
         else:
+            forget_failures(email)
             password_hash = hash_password(form.password.data)
             db = get_db()
             with db:

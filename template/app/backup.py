@@ -5,9 +5,11 @@ backup  takes an online copy of the live database through SQLite's backup API (n
         renames it into DATA_DIR/backups, rotates old backups (7 daily, 4 weekly,
         12 monthly), runs the optional off-site command and records the run in
         DATA_DIR/backups/last.json, which `vgen status` reads.
-restore verifies a backup file, takes a safety backup of the current database, then
-        copies the file into the live database through the backup API: one write
-        transaction, so the app can keep running and never sees half a database.
+restore verifies a backup file (with the -wal file beside it, if any) on a private
+        copy, brings that copy to the app's current schema (migrate.py), takes a
+        safety backup of the current database, then copies it into the live database
+        through the backup API: one write transaction, so the app can keep running and
+        never sees half a database, nor a schema its code does not expect.
 
 Set BACKUP_OFFSITE_COMMAND (for example `rclone copyto --config /etc/vgen/rclone.conf`
 or `aws s3 cp`) to copy each verified backup elsewhere: the command is split like a
@@ -91,12 +93,8 @@ def restore_command(file):
         f"Restored {file} ({sum(result['tables'].values())} rows in "
         f"{len(result['tables'])} tables)."
     )
-    if result["missing_tables"]:
-        click.echo(
-            "The backup predates tables of the current schema ("
-            + ", ".join(result["missing_tables"])
-            + "): run `flask --app app migrate`."
-        )
+    if result["migrated"]:
+        click.echo("Brought it to this app's schema first: " + "; ".join(result["migrated"]) + ".")
 
 
 def backup_dir():
@@ -197,6 +195,22 @@ def take_backup(database, target):
 def verify(path):
     """Check that path is a sound SQLite database; returns its row count per table."""
     path = Path(path)
+    check_header(path)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise BackupError(f"integrity_check fails: {'; '.join(problems[:5])}")
+            return table_counts(db)
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise BackupError(f"it is not a readable SQLite database ({e})") from e
+
+
+def check_header(path):
+    """Refuse a file that is not an SQLite database, or is one cut short."""
     with open(path, "rb") as f:
         header = f.read(100)
     if not header.startswith(SQLITE_HEADER):
@@ -209,17 +223,6 @@ def verify(path):
     size = path.stat().st_size
     if len(header) < 100 or size < page_size * pages or size % page_size:
         raise BackupError(f"it is truncated ({size} bytes, {pages} pages of {page_size})")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                raise BackupError(f"integrity_check fails: {'; '.join(problems[:5])}")
-            return table_counts(db)
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as e:
-        raise BackupError(f"it is not a readable SQLite database ({e})") from e
 
 
 def table_counts(db):
@@ -318,12 +321,12 @@ def write_last(directory, record):
 def restore(database, file, directory, expected_tables):
     """Restore the backup file into the live database; raises BackupError on refusal.
 
-    The file is checked on a private copy first. Then the current database is saved
-    as pre-restore-<name>-<time>.db (never rotated), and the copy is written into the
-    live database with the backup API: a single write transaction that running
-    gunicorn workers see either entirely or not at all. Swapping files instead would
-    leave the workers' open connections and the old -wal/-shm files pointing at the
-    replaced database, losing or corrupting writes.
+    The file is checked and brought to this app's schema on a private copy first (see
+    prepare). Then the current database is saved as pre-restore-<name>-<time>.db
+    (never rotated), and the copy is written into the live database with the backup
+    API: a single write transaction that running gunicorn workers see either entirely
+    or not at all. Swapping files instead would leave the workers' open connections and
+    the old -wal/-shm files pointing at the replaced database, losing or corrupting writes.
     """
     database, file, directory = Path(database), Path(file), Path(directory)
     if not file.is_file():
@@ -333,13 +336,10 @@ def restore(database, file, directory, expected_tables):
     with locked(directory):
         candidate = directory / f".tmp-restore-{now}.db"
         try:
-            shutil.copyfile(file, candidate)
-            os.chmod(candidate, 0o600)
             try:
-                counts = verify(candidate)
-                check_tables(set(counts), expected_tables)
-            except BackupError as e:
-                raise BackupError(f"refusing to restore {file}: {e}; nothing was changed")
+                counts, migrated = prepare(file, candidate, expected_tables, page_size_of(database))
+            except (BackupError, sqlite3.Error) as e:
+                raise BackupError(f"refusing to restore {file}: {e}; nothing was changed") from e
             safety = None
             if database.exists():
                 name = unique_name(directory, f"pre-restore-{database.stem}-{now}")
@@ -351,33 +351,110 @@ def restore(database, file, directory, expected_tables):
                         f"changed. If it is damaged, stop the app, move {database} and "
                         "its -wal and -shm files aside, and restore again"
                     ) from e
-            source = sqlite3.connect(f"file:{candidate}?mode=ro", uri=True)
             live = connect(str(database))
             try:
+                source = sqlite3.connect(f"file:{candidate}?mode=ro", uri=True)
                 try:
-                    source.backup(live)
-                except sqlite3.Error as e:
-                    raise BackupError(
-                        f"could not write {file} into the database ({e}); it is unchanged, "
-                        f"and saved as {safety}"
-                    ) from e
+                    # Changes only when another connection commits (the app, serving).
+                    version = live.execute("PRAGMA data_version").fetchone()[0]
+                    try:
+                        source.backup(live)
+                    except sqlite3.Error as e:
+                        raise BackupError(
+                            f"could not write {file} into the database ({e}); it is unchanged, "
+                            f"and saved as {safety}"
+                        ) from e
+                finally:
+                    source.close()
                 problems = [row[0] for row in live.execute("PRAGMA integrity_check")]
+                live.execute("BEGIN")  # one snapshot: its counts and its data_version agree
                 restored = table_counts(live)
+                written_since = live.execute("PRAGMA data_version").fetchone()[0] != version
+                live.rollback()
             finally:
                 live.close()
-                source.close()
         finally:
-            for path in (candidate, Path(f"{candidate}-wal"), Path(f"{candidate}-shm")):
-                path.unlink(missing_ok=True)
-    if problems != ["ok"] or restored != counts:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{candidate}{suffix}").unlink(missing_ok=True)
+    # The app may already have written to the restored database (a login, a new record):
+    # its row counts are then the backup's no longer, and only its integrity is checked.
+    if problems != ["ok"] or (restored != counts and not written_since):
         raise BackupError(
             f"the restored database does not match {file}; the previous one is {safety}"
         )
     return {
         "safety_backup": str(safety) if safety else None,
         "tables": counts,
-        "missing_tables": sorted(expected_tables - set(counts)),
+        "migrated": migrated,
     }
+
+
+def page_size_of(database):
+    """The live database's page size; SQLite's default when there is no database yet."""
+    if not Path(database).exists():
+        return sqlite3.connect(":memory:").execute("PRAGMA page_size").fetchone()[0]
+    try:
+        db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            return db.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot read the current database {database} ({e})") from e
+
+
+def prepare(file, candidate, expected_tables, page_size):
+    """Copy the backup file to candidate, check it and bring it to this app's schema;
+    returns (row counts, migration steps). Raises BackupError or sqlite3.Error.
+
+    A -wal file beside the backup holds writes that are not in the file yet (a copy of
+    a live database taken with cp): it is copied too, and merged into the candidate.
+    The candidate gets the live database's page size, which the backup API needs.
+    """
+    from . import migrate  # migrate imports this module
+
+    shutil.copyfile(file, candidate)
+    os.chmod(candidate, 0o600)
+    check_header(candidate)
+    wal = Path(f"{file}-wal")
+    if wal.is_file():
+        shutil.copyfile(wal, f"{candidate}-wal")
+    db = sqlite3.connect(str(candidate))
+    try:
+        db.execute("PRAGMA journal_mode = DELETE")  # merges the -wal, if any, into the file
+        if db.execute("PRAGMA page_size").fetchone()[0] != page_size:
+            db.execute(f"PRAGMA page_size = {int(page_size)}")
+            db.execute("VACUUM")
+    finally:
+        db.close()
+    check_tables(set(verify(candidate)), expected_tables)
+    check_no_triggers_or_views(candidate)
+    db = connect(str(candidate))
+    try:
+        try:
+            steps = migrate.migrate(db, read_schema()).steps
+        except migrate.MigrationRefused as e:
+            raise BackupError(f"its rows do not fit this app's schema: {'; '.join(e.problems[:5])}") from e
+        db.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        db.close()
+    return verify(candidate), steps
+
+
+def check_no_triggers_or_views(path):
+    """The app's schema has no trigger and no view: a backup holding one is not its own."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        extra = db.execute(
+            "SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'view') ORDER BY name"
+        ).fetchall()
+    finally:
+        db.close()
+    if extra:
+        raise BackupError(
+            "it is not a backup of this app: it has "
+            + ", ".join(f"{kind} {name}" for kind, name in extra)
+        )
 
 
 def check_tables(tables, expected):

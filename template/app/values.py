@@ -53,8 +53,9 @@ def date_from_db(value):
 
 
 def datetime_to_db(value):
-    """datetime(2024, 1, 31, 8, 30) -> "2024-01-31T08:30:00"."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S") if value is not None else None
+    """datetime(2024, 1, 31, 8, 30) -> "2024-01-31T08:30:00"; the year always has four
+    digits (strftime's %Y writes the year 999 as "999")."""
+    return value.isoformat(timespec="seconds") if value is not None else None
 
 
 def datetime_from_db(value):
@@ -136,7 +137,8 @@ class ExactDecimal:
             return
         if not value.is_finite():
             raise StopValidation("Not a valid decimal value.")
-        if abs(value) > self.largest:
+        # copy_abs() is exact: abs() would raise decimal.Overflow for "1e1000000".
+        if value.copy_abs() > self.largest:
             raise StopValidation("Number is too large.")
         if value != value.quantize(Decimal(1).scaleb(-self.places)):
             raise StopValidation(f"Use at most {self.places} decimal places.")

@@ -39,6 +39,7 @@ def test_signup_creates_account_and_user_and_logs_in(app, client, auth):
     ("field", "value", "message"),
     [
         ("account", "", b"This field is required."),
+        ("account", "   ", b"This field is required."),
         ("account", "x" * 101, b"Field cannot be longer than 100 characters."),
         ("email", "", b"This field is required."),
         ("email", "not-an-email", b"Invalid email address."),
@@ -54,6 +55,17 @@ def test_signup_validation(app, client, field, value, message):
     assert message in response.data
     with app.app_context():
         assert get_db().execute('SELECT count(*) FROM "account"').fetchone()[0] == 0
+
+
+def test_spaces_around_the_email_are_ignored(app, client, auth):
+    assert auth.signup(email="  Owner@Example.com ", account="  Acme  ").status_code == 302
+    with app.app_context():
+        assert tuple(get_db().execute('SELECT "email", "name" FROM "user" JOIN "account" ON "account"."id" = "account_id"').fetchone()) == (
+            "owner@example.com",
+            "Acme",
+        )
+    auth.logout()
+    assert auth.login(email=" owner@example.com  ").status_code == 302
 
 
 def test_signup_with_existing_email(app, client, auth):
@@ -166,6 +178,21 @@ def test_change_password_refused(client, auth, current, new, confirm, message):
     assert message in response.data
     auth.logout()
     assert auth.login().status_code == 302  # the old password still works
+
+
+def test_guesses_at_the_current_password_are_throttled(app, client, auth):
+    auth.signup()
+    wrong = {"current_password": "a wrong guess", "password": "a new long password", "confirm": "a new long password"}
+    for _ in range(5):
+        assert client.post("/account/password", data=wrong).status_code == 200
+    # Five failures of this user, here or on the login page: even the right one waits.
+    response = client.post("/account/password", data=dict(wrong, current_password=PASSWORD))
+    assert response.status_code == 429
+    assert "Retry-After" in response.headers
+    auth.logout()
+    assert auth.login().status_code == 429  # the login page counts them too
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "login_attempt"').fetchone()[0] == 5
 
 
 def test_change_password_ends_other_sessions(app, client, auth):

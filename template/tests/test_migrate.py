@@ -137,6 +137,19 @@ def test_a_removed_column_is_kept_until_drop_removed(db):
     assert "amount" not in [r[1] for r in db.execute('PRAGMA table_info("app_note")')]
 
 
+def test_a_field_brought_back_is_converted_from_what_its_kept_column_holds(db):
+    """Remove "amount" (kept), then add a field of that name back as a decimal: the
+    stored 12 is the integer 12, so it becomes 1200 at 2 places, not 0.12."""
+    migrate.migrate(db, note_schema(['"title" TEXT', '"done" INTEGER NOT NULL DEFAULT 0']),
+                    entities({"title": ("string", None, None), "done": ("boolean", None, None)}))
+    result = migrate.migrate(
+        db, note_schema(['"title" TEXT', '"done" INTEGER NOT NULL DEFAULT 0', '"amount" INTEGER']),
+        entities({"title": ("string", None, None), "done": ("boolean", None, None), "amount": ("decimal", 2, None)}),
+    )
+    assert "converted \"amount\" from integer to decimal (2 places)" in result.steps[-1]
+    assert notes(db, '"amount"') == [(1200,), (None,), (700,)]
+
+
 @pytest.mark.parametrize(
     "columns, fields, message",
     [

@@ -229,7 +229,7 @@ def test_throttled_per_email(app, client, auth):
     fail(app, times=5)
     response = auth.login()  # even the right password is refused now
     assert response.status_code == 429
-    assert b"Too many failed log-in attempts" in response.data
+    assert b"Too many failed attempts" in response.data
     assert "Retry-After" in response.headers
     with client.session_transaction() as s:
         assert "user_id" not in s
