@@ -13,10 +13,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import fleet, ports, project as projects, render, spec
+from . import fleet, ports, project as projects, render
 from . import install as install_mod, status as status_mod
 from .errors import VgenError
-from .fsutil import atomic_write_text
 
 # Piped output (a file, grep, CI logs) is never cut to 80 columns: lines run as long as
 # their content.
@@ -60,60 +59,25 @@ def get_project(ctx, out=None) -> projects.Project:
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps go (default: apps/ or $VGEN_OUT).")
 @click.pass_context
 def new(ctx, slug, name, out):
-    """Write a starter verticals/SLUG.toml, assign its port and generate the app."""
+    """Write a starter verticals/SLUG.toml, assign its port and generate the app.
+
+    Nothing is kept when a step fails: no spec, no port, no app.
+    """
     project = get_project(ctx, out)
-    path = write_starter_spec(project, slug, name)
-    console.print(f"Wrote {path.relative_to(project.root)}")
-    _generate(project, [slug], jobs=1)
-
-
-def write_starter_spec(project: projects.Project, slug: str, name: str | None) -> Path:
-    """The starter spec for a new vertical; refuses a bad slug or an existing file."""
-    if not spec.SLUG_RE.match(slug):
-        raise VgenError(f'slug "{slug}" must match ^[a-z][a-z0-9]{{1,30}}$ (a lower-case letter, then 1 to 30 lower-case letters or digits)')
-    path = project.spec_path(slug)
-    if path.exists():
-        raise VgenError(f"{path.relative_to(project.root)} already exists: edit it, then run vgen generate {slug}")
-    display = name or slug.capitalize()
-    text = STARTER.format(slug=slug, name=display.replace("\\", "\\\\").replace('"', '\\"'))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    started = fleet.start_vertical(project, slug, name)
+    console.print(f"Wrote {project.shown(started.spec_path)}")
+    if started.assigned:
+        console.print(f"Assigned port {started.port} to {slug} in ports.toml")
     try:
-        spec.load_vertical(path, str(path.relative_to(project.root)))
-    except VgenError:
-        path.unlink()
+        outcomes = _generate(project, [slug], jobs=1)
+    except BaseException:
+        fleet.undo_start(project, started)
         raise
-    return path
-
-
-STARTER = '''\
-# The {name} vertical. Edit, then run: vgen generate {slug}
-# Field types: string text integer decimal boolean date datetime email url choice ref
-slug = "{slug}"
-name = "{name}"
-tagline = ""
-
-[[entities]]
-name = "customer"
-search = ["name", "email"]
-fields = [
-  {{ name = "name", type = "string", required = true, max_length = 80 }},
-  {{ name = "email", type = "email" }},
-  {{ name = "notes", type = "text" }},
-]
-
-[[entities]]
-name = "job"
-list = ["title", "customer", "due_on", "status"]
-search = ["title"]
-fields = [
-  {{ name = "title", type = "string", required = true, max_length = 120 }},
-  {{ name = "customer", type = "ref", to = "customer", on_delete = "restrict" }},
-  {{ name = "due_on", type = "date" }},
-  {{ name = "status", type = "choice", choices = ["open", "done"], default = "open" }},
-  {{ name = "price", type = "decimal", places = 2, min = 0 }},
-]
-'''
+    if any(o.status != "created" for o in outcomes):
+        fleet.undo_start(project, started)
+        kept = "" if started.assigned else f" (its port {started.port} was there before and stays)"
+        raise VgenError(f"{slug} was not generated: removed {project.shown(started.spec_path)}"
+                        + (" and its port" if started.assigned else "") + kept)
 
 
 @main.command()

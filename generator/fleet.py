@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from . import gitrepo, ports, render, schema
+from . import gitrepo, ports, render, schema, spec
 from .errors import VgenError
-from .fsutil import locked
+from .fsutil import atomic_write_text, locked
 from .project import Project
 
 CONFLICT_BRANCH = "vgen/conflict"
@@ -77,11 +77,23 @@ def plan(project: Project, slugs: list[str] | None, dry_run: bool = False) -> tu
                 p.split(": ", 1)[1] for p in mine) if mine else "invalid spec"))
     valid = [by_slug[s] for s in wanted if s in by_slug]
 
-    with locked(project.root / ".git" / "vgen" / "ports.lock"):
+    with locked(project.ports_lock):
         registry = ports.load(project.ports_path)
         new_ports = ports.assign(registry, [v.slug for v in valid])
         if new_ports and not dry_run:
             ports.save(registry)
+
+    # A hand-edited ports.toml can give a vertical a port another one has, or a reserved
+    # one: such a vertical fails rather than render an app bound to that port.
+    usable = []
+    for v in valid:
+        port_problems = ports.port_problems(registry, v.slug)
+        if port_problems:
+            failures.append(Outcome(v.slug, "failed", port=registry.ports[v.slug],
+                                    message="; ".join(port_problems)))
+        else:
+            usable.append(v)
+    valid = usable
 
     commit = render.template_commit(project.root)
     version = render.template_version(project.root, commit)
@@ -94,6 +106,105 @@ def plan(project: Project, slugs: list[str] | None, dry_run: bool = False) -> tu
         for v in valid
     ]
     return jobs, failures, new_ports
+
+
+# --- starting a vertical (vgen new) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """What start_vertical wrote, so undo_start can take exactly that back."""
+    slug: str
+    spec_path: Path
+    port: int
+    assigned: bool  # False when ports.toml already had a port for the slug
+
+
+def start_vertical(project: Project, slug: str, name: str | None) -> Started:
+    """Write the starter spec and give the vertical its port; generate it next.
+
+    Everything is checked before anything is written: the slug, the name, that neither
+    the spec nor a folder at the app's place exists, ports.toml and a free port.
+    """
+    if not spec.SLUG_RE.match(slug):
+        raise VgenError(f'slug "{slug}" must match ^[a-z][a-z0-9]{{1,30}}$ (a lower-case letter, then 1 to 30 lower-case letters or digits)')
+    display = slug.capitalize() if name is None else name
+    problem = spec.text_problem(display) if display.strip() else "must not be empty"
+    if problem is None and len(display) > 80:
+        problem = "is longer than 80 characters"
+    if problem:
+        raise VgenError(f"--name {display!r}: the name {problem}")
+    path = project.spec_path(slug)
+    if path.exists():
+        raise VgenError(f"{project.shown(path)} already exists: edit it, then run vgen generate {slug}")
+    app = project.app_dir(slug)
+    if app.exists() or app.is_symlink():
+        if not is_app(app):
+            raise VgenError(f"{project.shown(app)} exists and is not a vgen app: move it away")
+        raise VgenError(f"{project.shown(app)} already exists: put its spec back at {project.shown(path)} "
+                        f"and run vgen generate {slug}, or move the app away")
+    display = display.strip()
+    text = STARTER.format(slug=slug, title=display, name=display.replace("\\", "\\\\").replace('"', '\\"'))
+    with tempfile.TemporaryDirectory(prefix="vgen-new-") as scratch:
+        trial = Path(scratch) / path.name
+        trial.write_text(text, encoding="utf-8")
+        spec.load_vertical(trial, project.shown(path))
+    with locked(project.ports_lock):
+        registry = ports.load(project.ports_path)
+        assigned = bool(ports.assign(registry, [slug]))
+        problems = ports.port_problems(registry, slug)
+        if problems:
+            raise VgenError(f"{slug} cannot use its port in ports.toml", problems)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+        try:
+            if assigned:
+                ports.save(registry)
+        except BaseException:
+            path.unlink()
+            raise
+    return Started(slug, path, registry.ports[slug], assigned)
+
+
+def undo_start(project: Project, started: Started) -> None:
+    """Remove the spec start_vertical wrote and the port it assigned."""
+    started.spec_path.unlink(missing_ok=True)
+    if started.assigned:
+        with locked(project.ports_lock):
+            registry = ports.load(project.ports_path)
+            if registry.ports.get(started.slug) == started.port:
+                ports.forget(registry, started.slug)
+                ports.save(registry)
+
+
+STARTER = '''\
+# The {title} vertical. Edit, then run: vgen generate {slug}
+# Field types: string text integer decimal boolean date datetime email url choice ref
+slug = "{slug}"
+name = "{name}"
+tagline = ""
+
+[[entities]]
+name = "customer"
+search = ["name", "email"]
+fields = [
+  {{ name = "name", type = "string", required = true, max_length = 80 }},
+  {{ name = "email", type = "email" }},
+  {{ name = "notes", type = "text" }},
+]
+
+[[entities]]
+name = "job"
+list = ["title", "customer", "due_on", "status"]
+search = ["title"]
+fields = [
+  {{ name = "title", type = "string", required = true, max_length = 120 }},
+  {{ name = "customer", type = "ref", to = "customer", on_delete = "restrict" }},
+  {{ name = "due_on", type = "date" }},
+  {{ name = "status", type = "choice", choices = ["open", "done"], default = "open" }},
+  {{ name = "price", type = "decimal", places = 2, min = 0 }},
+]
+'''
 
 
 def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outcome]:
@@ -151,6 +262,8 @@ def generate_one(job: Job) -> Outcome:
 
 def _dry_run(job: Job) -> Outcome:
     """Do the real work on a scratch copy of the app and report what it would change."""
+    if job.app_dir.exists() and not is_app(job.app_dir):
+        return Outcome(job.slug, "failed", message=f"{job.app_dir} exists and is not a vgen app: move it away")
     with tempfile.TemporaryDirectory(prefix=f"vgen-dry-{job.slug}-") as scratch:
         copy = Path(scratch) / job.slug
         if job.app_dir.exists():
@@ -216,6 +329,8 @@ def _update(job: Job) -> Outcome:
     app = job.app_dir
     if is_current(job):  # run() skips these before forking; direct callers rely on it
         return Outcome(job.slug, "unchanged")
+    if not is_app(app):  # never git init, let alone commit, a folder vgen did not make
+        return Outcome(job.slug, "failed", message=f"{app} exists and is not a vgen app: move it away")
     if not gitrepo.is_repo(app):
         gitrepo.init(app)
         gitrepo.commit_all(app, "Existing app, committed by vgen before its first regeneration")
@@ -280,6 +395,12 @@ def _keep_skipped(app: Path, fresh: Path, patterns: list[str]) -> None:
                     path.write_bytes(previous)
 
 
+def is_app(path: Path) -> bool:
+    """True when the folder is an app made from the template (by vgen or plain copier):
+    its .copier-answers.yml names the template commit it was rendered from."""
+    return bool(recorded_answers(path).get("_commit"))
+
+
 def is_current(job: Job) -> bool:
     """True when the app was last generated from this template commit with these answers."""
     recorded = recorded_answers(job.app_dir)
@@ -294,11 +415,12 @@ _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def recorded_answers(app: Path) -> dict:
-    """The app's .copier-answers.yml, or {} when it is missing or unreadable."""
+    """The app's .copier-answers.yml, or {} when it is missing, unreadable or not a mapping."""
     try:
-        return yaml.load((app / ".copier-answers.yml").read_text(encoding="utf-8"), Loader=_Loader) or {}
-    except (OSError, yaml.YAMLError):
+        answers = yaml.load((app / ".copier-answers.yml").read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
+    return answers if isinstance(answers, dict) else {}
 
 
 def plain(answers: dict) -> dict:

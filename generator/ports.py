@@ -60,6 +60,13 @@ def load(path: Path) -> Registry:
     for key in sorted(unknown):
         problems.append(f'{path.name}: unknown key "{key}" (allowed: range, ports)')
     rng = doc.get("range", {})
+    if not isinstance(rng, dict):
+        problems.append(f"{path.name}: range must be a table ([range] with first, last, reserved), not {_shown(rng)}")
+        rng = {}
+    table = doc.get("ports", {})
+    if not isinstance(table, dict):
+        problems.append(f"{path.name}: ports must be a table ([ports] with one slug = port line each), not {_shown(table)}")
+        table = {}
     first = rng.get("first", DEFAULT_FIRST)
     last = rng.get("last", DEFAULT_LAST)
     reserved = rng.get("reserved", None)
@@ -71,7 +78,7 @@ def load(path: Path) -> Registry:
         problems.append(f"{path.name}: [range]: reserved must be a list of ports")
         reserved = None
     ports = {}
-    for slug, port in doc.get("ports", {}).items():
+    for slug, port in table.items():
         if not _is_port(port):
             problems.append(f'{path.name}: [ports]: "{slug}" = {port!r} is not a port number')
         else:
@@ -140,17 +147,53 @@ def check(registry: Registry, slugs) -> list[str]:
         owners.setdefault(port, []).append(slug)
     for port, names in sorted(owners.items()):
         if len(names) > 1:
-            problems.append(f"{name}: port {port} is given to more than one vertical: {', '.join(sorted(names))}")
+            problems.append(_shared(registry, port, names))
     for slug, port in sorted(registry.ports.items()):
-        if not registry.first <= port <= registry.last:
-            problems.append(f'{name}: "{slug}" = {port} is outside [range] {registry.first}-{registry.last}')
-        if port in registry.reserved:
-            problems.append(f'{name}: "{slug}" = {port} is a reserved port')
+        problems.extend(_misplaced(registry, slug))
         if slug not in slugs:
             problems.append(f'{name}: "{slug}" has a port but no verticals/{slug}.toml')
     for slug in sorted(slugs - set(registry.ports)):
         problems.append(f'{name}: vertical "{slug}" has no port (vgen generate {slug} assigns one)')
     return problems
+
+
+def port_problems(registry: Registry, slug: str) -> list[str]:
+    """Why the slug's port must not be used: shared with another entry, outside the
+    range, or reserved (the same lines `vgen ports check` prints); [] when it is fine."""
+    port = registry.ports[slug]
+    problems = []
+    sharing = [s for s, p in registry.ports.items() if p == port]
+    if len(sharing) > 1:
+        problems.append(_shared(registry, port, sharing))
+    return problems + _misplaced(registry, slug)
+
+
+def forget(registry: Registry, slug: str) -> None:
+    """Drop the slug's entry (to undo an assignment that was never used); save() writes it."""
+    registry.ports.pop(slug, None)
+    table = registry.doc.get("ports") if registry.doc is not None else None
+    if table is not None and slug in table:
+        del table[slug]
+
+
+def _shared(registry: Registry, port: int, slugs) -> str:
+    return f"{registry.path.name}: port {port} is given to more than one vertical: {', '.join(sorted(slugs))}"
+
+
+def _misplaced(registry: Registry, slug: str) -> list[str]:
+    name, port = registry.path.name, registry.ports[slug]
+    problems = []
+    if not registry.first <= port <= registry.last:
+        problems.append(f'{name}: "{slug}" = {port} is outside [range] {registry.first}-{registry.last}')
+    if port in registry.reserved:
+        problems.append(f'{name}: "{slug}" = {port} is a reserved port')
+    return problems
+
+
+def _shown(value) -> str:
+    """A TOML value as the user wrote it, for an error message."""
+    text = value.as_string().strip() if hasattr(value, "as_string") else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_port(value) -> bool:

@@ -23,11 +23,23 @@ class Project:
     def ports_path(self) -> Path:
         return self.root / "ports.toml"
 
+    @property
+    def ports_lock(self) -> Path:
+        """Held while ports.toml is read, assigned and written."""
+        return self.root / ".git" / "vgen" / "ports.lock"
+
     def spec_path(self, slug: str) -> Path:
         return self.verticals_dir / f"{slug}.toml"
 
     def app_dir(self, slug: str) -> Path:
         return self.out / slug
+
+    def shown(self, path: Path) -> str:
+        """A path as messages show it: relative to the project when inside it."""
+        try:
+            return str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
 
     def load_verticals(self) -> tuple[list[spec.Vertical], list[str]]:
         return spec.load_verticals(self.verticals_dir, self.root)

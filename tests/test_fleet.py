@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from generator import cli
@@ -208,3 +209,94 @@ def test_status_reports_drift_hand_edits_health_and_backups(project):
     assert "2026-11-25T03:17:00Z" in alpha
     assert "changed" in bravo and "yes" in bravo and "down" in bravo
     assert "not generated" in charlie
+
+
+def test_generate_refuses_a_vertical_whose_port_is_shared_or_reserved(project):
+    for slug in ("alpha", "bravo", "charlie", "delta"):
+        write_spec(project, slug, SPEC.format(slug=slug, name=slug.title()))
+    with project.ports_path.open("a") as f:  # [ports] is the file's last table
+        f.write("alpha = 8151\nbravo = 8151\ncharlie = 8200\ndelta = 8160\n")
+    result = run_cli(project, "generate", "alpha", "bravo", "charlie", "delta", "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    assert "failed (alpha, bravo): ports.toml: port 8151 is given to more than one vertical: alpha, bravo" in result.output
+    assert 'failed (charlie): ports.toml: "charlie" = 8200 is a reserved port' in result.output
+    assert [s for s in ("alpha", "bravo", "charlie") if project.app_dir(s).exists()] == []
+    assert "127.0.0.1:8160" in (project.app_dir("delta") / "gunicorn.conf.py").read_text()
+
+
+@pytest.mark.parametrize("text", ["range = 5\n", "ports = 5\n", "ports = [1, 2]\n"])
+def test_every_command_names_a_ports_toml_that_is_not_tables(project, text):
+    project.ports_path.write_text(text)
+    key = text.split()[0]
+    for args in (["check"], ["ports"], ["ports", "check"], ["generate", "honeybees", "--out", str(project.out)]):
+        result = CliRunner().invoke(cli.main, ["--project", str(project.root), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert f"ports.toml: {key} must be a table" in result.output, (args, result.output)
+        assert not isinstance(result.exception, AttributeError)
+    assert not project.out.exists()
+
+
+@pytest.mark.parametrize("registry, message", [
+    ("ports = 5\n", "ports.toml: ports must be a table"),
+    ("[range]\nfirst = 9000\nlast = 9000\nreserved = []\n\n[ports]\nother = 9000\n",
+     'no free port left in 9000-9000 for "bakery"'),
+])
+def test_new_writes_nothing_when_no_port_can_be_given(project, registry, message):
+    project.ports_path.write_text(registry)
+    result = run_cli(project, "new", "bakery")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Wrote" not in result.output
+    assert not project.spec_path("bakery").exists()
+    assert project.ports_path.read_text() == registry
+    assert not project.app_dir("bakery").exists()
+
+
+@pytest.mark.parametrize("files", [{}, {"notes.txt": "someone else's\n"}])
+def test_new_refuses_a_folder_that_is_not_a_vgen_app(project, files):
+    app = project.app_dir("leftover")
+    app.mkdir(parents=True)
+    for name, text in files.items():
+        (app / name).write_text(text)
+    ports_before = project.ports_path.read_text()
+    result = run_cli(project, "new", "leftover")
+    assert result.exit_code == 1
+    assert f"{app} exists and is not a vgen app: move it away" in result.output
+    assert not project.spec_path("leftover").exists()
+    assert project.ports_path.read_text() == ports_before
+    assert sorted(p.name for p in app.iterdir()) == sorted(files)  # no git init, nothing added
+
+
+def test_generate_never_takes_over_a_folder_that_is_not_a_vgen_app(project):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    app = project.app_dir("alpha")
+    app.mkdir(parents=True)
+    (app / "notes.txt").write_text("someone else's\n")
+    for extra in ([], ["--dry-run"]):
+        result = run_cli(project, "generate", "alpha", *extra)
+        assert result.exit_code == 1
+        assert f"failed (alpha): {app} exists and is not a vgen app: move it away" in result.output
+        assert [p.name for p in app.iterdir()] == ["notes.txt"]
+
+
+def test_new_takes_back_its_spec_and_port_when_generation_fails(project, monkeypatch):
+    from generator import fleet
+
+    ports_before = project.ports_path.read_text()
+    monkeypatch.setattr(fleet, "run", lambda jobs, *a, **k: [fleet.Outcome(j.slug, "failed", message="boom") for j in jobs])
+    result = run_cli(project, "new", "bakery")
+    assert result.exit_code == 1
+    assert "failed (bakery): boom" in result.output
+    assert "bakery was not generated: removed verticals/bakery.toml and its port" in result.output
+    assert not project.spec_path("bakery").exists()
+    assert project.ports_path.read_text() == ports_before
+    again = run_cli(project, "new", "bakery", "--name", "Bakery")
+    assert "already exists" not in again.output
+
+
+def test_new_refuses_a_name_of_two_lines(project):
+    result = run_cli(project, "new", "bakery", "--name", "two\nlines")
+    assert result.exit_code == 1
+    assert "the name must be one line of text" in result.output
+    assert "TOML syntax error" not in result.output
+    assert not project.spec_path("bakery").exists()

@@ -136,3 +136,35 @@ def test_committed_registry_matches_the_examples():
     registry = ports.load(root / "ports.toml")
     slugs = sorted(p.stem for p in (root / "verticals").glob("*.toml"))
     assert ports.check(registry, slugs) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("range = 5\n", "ports.toml: range must be a table ([range] with first, last, reserved), not 5"),
+    ("ports = 5\n", "ports.toml: ports must be a table ([ports] with one slug = port line each), not 5"),
+    ("ports = [1, 2]\n", "ports.toml: ports must be a table ([ports] with one slug = port line each), not [1, 2]"),
+])
+def test_a_range_or_ports_that_is_not_a_table_is_named(tmp_path, text, message):
+    path = tmp_path / "ports.toml"
+    path.write_text(text)
+    with pytest.raises(VgenError) as info:
+        ports.load(path)
+    assert info.value.problems == [message]
+
+
+def test_port_problems_of_one_vertical(tmp_path):
+    path = tmp_path / "ports.toml"
+    path.write_text("[ports]\nalpha = 8150\nbeta = 8150\ngamma = 9500\ndelta = 8443\nfine = 8160\n")
+    registry = ports.load(path)
+    assert ports.port_problems(registry, "beta") == ["ports.toml: port 8150 is given to more than one vertical: alpha, beta"]
+    assert ports.port_problems(registry, "gamma") == ['ports.toml: "gamma" = 9500 is outside [range] 8100-8999']
+    assert ports.port_problems(registry, "delta") == ['ports.toml: "delta" = 8443 is a reserved port']
+    assert ports.port_problems(registry, "fine") == []
+
+
+def test_forget_drops_an_entry_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "ports.toml"
+    path.write_text("# mine\n[ports]\nalpha = 8150  # pinned\nbeta = 8160\n")
+    registry = ports.load(path)
+    ports.forget(registry, "beta")
+    ports.save(registry)
+    assert path.read_text() == "# mine\n[ports]\nalpha = 8150  # pinned\n"
