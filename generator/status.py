@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from . import gitrepo, ports, render
+from . import gitrepo, ports, render, spec
 from .fleet import TEMPLATE_BRANCH, plain, recorded_answers
 from .project import Project
 
@@ -31,7 +31,9 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
     valid = {v.slug: v for v in verticals}
     registry = ports.load(project.ports_path)
     current = render.template_version(project.root, render.template_commit(project.root))
-    slugs = sorted(set(project.slugs()) | {p.name for p in project.out.glob("*") if (p / ".copier-answers.yml").exists()})
+    # Apps without a spec are listed too; a copy such as apps/shop.bak is no vertical.
+    apps = {p.name for p in project.out.glob("*") if spec.SLUG_RE.match(p.name) and (p / ".copier-answers.yml").exists()}
+    slugs = sorted(set(project.slugs()) | apps)
 
     def row(slug: str) -> Row:
         app = project.app_dir(slug)

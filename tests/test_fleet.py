@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def test_status_reports_drift_hand_edits_health_and_backups(project):
     (backups / "last.json").write_text(json.dumps(
         {"time": "2026-11-25T03:17:00Z", "verified": True, "last_good": {"time": "2026-11-25T03:17:00Z"}}))
     change_template(project.root, "keepalive = 5", "keepalive = 6")
+    shutil.copytree(project.app_dir("alpha"), project.out / "alpha.bak")  # a copy, no vertical
 
     with gunicorn(project.app_dir("alpha")):
         wait_for(f"http://127.0.0.1:{port_of(project, 'alpha')}/healthz")
@@ -209,6 +211,7 @@ def test_status_reports_drift_hand_edits_health_and_backups(project):
     assert "2026-11-25T03:17:00Z" in alpha
     assert "changed" in bravo and "yes" in bravo and "down" in bravo
     assert "not generated" in charlie
+    assert "alpha.bak" not in rows
 
 
 def test_generate_refuses_a_vertical_whose_port_is_shared_or_reserved(project):
