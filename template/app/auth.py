@@ -2,7 +2,8 @@
 
 A customer account ("account") has users ("user"); signing up creates both. Passwords
 are hashed with scrypt. Failed logins are counted in the "login_attempt" table, per email
-and per client address, so the limits hold across workers and restarts.
+and per client address, and signups per address in "app_signup", so the limits hold
+across workers and restarts.
 """
 
 import functools
@@ -136,6 +137,15 @@ def signup():
         return redirect(url_for("main.index"))
     form = SignupForm()
     if form.validate_on_submit():
+        # Every signup costs a password hash: one address gets a few per window, so a
+        # script can neither open accounts without end nor keep the CPU busy hashing.
+        address = request.remote_addr or "unknown"
+        window = current_app.config["SIGNUP_WINDOW_SECONDS"]
+        if recent("app_signup", "address", address, window) >= current_app.config["SIGNUP_MAX_PER_ADDRESS"]:
+            return too_many(
+                "auth/signup.html", window, "Too many sign-ups from your address.", form=form
+            )
+        record("app_signup", window, address=address)
         email = form.email.data.strip().lower()
         password_hash = hash_password(form.password.data)
         db = get_db()
@@ -157,33 +167,40 @@ def signup():
     return render_template("auth/signup.html", form=form)
 
 
-def recent_failures(column, value):
-    """Failed logins for this email or address within the throttling window."""
-    window = current_app.config["LOGIN_WINDOW_SECONDS"]
+def recent(table, column, value, window):
+    """Rows of `table` (login_attempt, app_signup) for this value within the window."""
     return get_db().execute(
-        f'SELECT count(*) FROM "login_attempt" WHERE "{column}" = ?'
+        f'SELECT count(*) FROM "{table}" WHERE "{column}" = ?'
         " AND \"created_at\" > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
         (value, f"-{window} seconds"),
     ).fetchone()[0]
 
 
-def record_failure(email, address):
-    window = current_app.config["LOGIN_WINDOW_SECONDS"]
+def record(table, window, **values):
+    """Add a row to `table`, and prune the rows older than the window: they no longer count."""
+    columns = ", ".join(f'"{column}"' for column in values)
     db = get_db()
     with db:
-        db.execute('INSERT INTO "login_attempt" ("email", "address") VALUES (?, ?)', (email, address))
-        # Keep the table small: rows older than the window no longer count.
         db.execute(
-            "DELETE FROM \"login_attempt\" WHERE \"created_at\" < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
+            f'INSERT INTO "{table}" ({columns}) VALUES ({", ".join("?" * len(values))})',
+            tuple(values.values()),
+        )
+        db.execute(
+            f"DELETE FROM \"{table}\" WHERE \"created_at\" < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
             (f"-{window} seconds",),
         )
 
 
+def record_failure(email, address):
+    record("login_attempt", current_app.config["LOGIN_WINDOW_SECONDS"], email=email, address=address)
+
+
 def is_throttled(email, address):
     config = current_app.config
+    window = config["LOGIN_WINDOW_SECONDS"]
     return (
-        recent_failures("email", email) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
-        or recent_failures("address", address) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
+        recent("login_attempt", "email", email, window) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
+        or recent("login_attempt", "address", address, window) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
     )
 
 
@@ -194,13 +211,17 @@ def forget_failures(email):
         db.execute('DELETE FROM "login_attempt" WHERE "email" = ?', (email,))
 
 
-def too_many_failures(template, **context):
+def too_many(template, window, message, **context):
     """429 with the form again, and when to come back."""
-    window = current_app.config["LOGIN_WINDOW_SECONDS"]
-    flash(f"Too many failed attempts. Wait {window // 60} minutes, then try again.", "error")
+    minutes = max(1, window // 60)
+    flash(f"{message} Wait {minutes} minute{'s' if minutes != 1 else ''}, then try again.", "error")
     response = current_app.make_response((render_template(template, **context), 429))
     response.headers["Retry-After"] = str(window)
     return response
+
+
+def too_many_failures(template, **context):
+    return too_many(template, current_app.config["LOGIN_WINDOW_SECONDS"], "Too many failed attempts.", **context)
 
 
 # Checked against when the email is unknown, so both cases take as long.

@@ -41,7 +41,7 @@ OFFSITE_TIMEOUT = 3600  # seconds
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-# The app's own tables besides the entities (see schema.sql); internal ones start with app_.
+# The app's own tables besides the entities (schema_auth.sql); internal ones start with app_.
 SYSTEM_TABLES = {"account", "user", "login_attempt"}
 REQUIRED_TABLES = {"account", "user"}
 

@@ -1,4 +1,4 @@
--- The app's own tables: customer accounts, their users, failed logins.
+-- The app's own tables: customer accounts, their users, failed logins, signups.
 -- The entity tables, generated from the spec, are in schema.sql.
 -- Times are ISO 8601 UTC text, e.g. 2024-01-31T08:30:00Z.
 
@@ -29,3 +29,13 @@ CREATE TABLE IF NOT EXISTS "login_attempt" (
 
 CREATE INDEX IF NOT EXISTS "login_attempt_email" ON "login_attempt" ("email", "created_at");
 CREATE INDEX IF NOT EXISTS "login_attempt_address" ON "login_attempt" ("address", "created_at");
+
+-- One row per signup (each costs a password hash), to limit them per client address.
+-- Old rows are pruned. Internal tables start with app_, a prefix no entity may take.
+CREATE TABLE IF NOT EXISTS "app_signup" (
+    "id" INTEGER PRIMARY KEY,
+    "address" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS "app_signup_address" ON "app_signup" ("address", "created_at");

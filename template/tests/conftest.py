@@ -49,9 +49,9 @@ class AuthActions:
     def __init__(self, client):
         self.client = client
 
-    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme"):
+    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme", **kwargs):
         return self.client.post(
-            "/signup", data={"account": account, "email": email, "password": password, "confirm": password}
+            "/signup", data={"account": account, "email": email, "password": password, "confirm": password}, **kwargs
         )
 
     def login(self, email="owner@example.com", password=PASSWORD, **kwargs):

@@ -291,3 +291,36 @@ def test_old_failures_expire(app, auth):
         db.execute("""UPDATE "login_attempt" SET "created_at" = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-16 minutes')""")
         db.commit()
     assert auth.login().status_code == 302
+
+
+# -- signup throttling ------------------------------------------------------------
+
+
+def sign_up_from(app, address, n):
+    return AuthActions(app.test_client()).signup(email=f"new{n}@example.com", environ_base={"REMOTE_ADDR": address})
+
+
+def test_signups_are_throttled_per_address(app):
+    for n in range(10):
+        assert sign_up_from(app, "203.0.113.9", n).status_code == 302
+    response = sign_up_from(app, "203.0.113.9", 10)
+    assert response.status_code == 429
+    assert b"Too many sign-ups" in response.data
+    assert response.headers["Retry-After"] == "3600"
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "user" WHERE "email" = ?', ("new10@example.com",)).fetchone()[0] == 0
+    # Another address signs up as usual.
+    assert sign_up_from(app, "198.51.100.7", 11).status_code == 302
+
+
+def test_old_signups_expire(app):
+    for n in range(10):
+        sign_up_from(app, "203.0.113.9", n)
+    assert sign_up_from(app, "203.0.113.9", 10).status_code == 429
+    with app.app_context():
+        db = get_db()
+        db.execute("""UPDATE "app_signup" SET "created_at" = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-61 minutes')""")
+        db.commit()
+    assert sign_up_from(app, "203.0.113.9", 10).status_code == 302
+    with app.app_context():  # the expired rows were pruned
+        assert get_db().execute('SELECT count(*) FROM "app_signup"').fetchone()[0] == 1
