@@ -1,13 +1,15 @@
 """Accounts: sign up, log in, log out, change password; who is logged in (g.user).
 
 A customer account ("account") has users ("user"); signing up creates both. Passwords
-are hashed with scrypt. Failed logins are counted in the "login_attempt" table, per email
+are hashed with scrypt. Each login is a row of "app_session" whose random id the signed
+session cookie carries: logging out deletes the row, so even a copy of the cookie stops
+working, and changing the password deletes the user's other sessions. Failed logins are counted in the "login_attempt" table, per email
 and per client address, and signups per address in "app_signup", so the limits hold
 across workers and restarts.
 """
 
 import functools
-import hashlib
+import secrets
 import sqlite3
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
@@ -56,18 +58,24 @@ def hash_password(password):
     return generate_password_hash(password, method=current_app.config["PASSWORD_HASH_METHOD"])
 
 
-def password_stamp(password_hash):
-    """A short fingerprint of the password hash kept in the session: changing the
-    password ends every other session of that user."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
-
-
-def start_session(user_id, password_hash):
+def start_session(user_id):
     """Log a user in with a fresh session (nothing carried over from before login)."""
+    db = get_db()
+    session_id = secrets.token_urlsafe(32)
+    lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"].days
+    with db:
+        db.execute(
+            'INSERT INTO "app_session" ("id", "user_id", "renewed_on") VALUES (?, ?, ?)',
+            (session_id, user_id, today()),
+        )
+        # Sessions unused for a whole lifetime have expired with their cookies.
+        db.execute(
+            """DELETE FROM "app_session" WHERE "renewed_on" < date('now', ?)""", (f"-{lifetime} days",)
+        )
     session.clear()
     session.permanent = True
     session["user_id"] = user_id
-    session["stamp"] = password_stamp(password_hash)
+    session["session_id"] = session_id
     session["renewed"] = today()
 
 
@@ -88,18 +96,20 @@ def safe_next(target):
 def load_logged_in_user():
     """Set g.user (id, email, account_id, account_name) from the session, or None."""
     g.user = None
-    user_id = session.get("user_id")
-    if user_id is None:
+    session_id = session.get("session_id")
+    if session_id is None:
         return
     user = get_db().execute(
         'SELECT "user"."id", "user"."email", "user"."account_id", "user"."password_hash",'
         ' "account"."name" AS "account_name"'
-        ' FROM "user" JOIN "account" ON "account"."id" = "user"."account_id"'
-        ' WHERE "user"."id" = ?',
-        (user_id,),
+        ' FROM "app_session"'
+        ' JOIN "user" ON "user"."id" = "app_session"."user_id"'
+        ' JOIN "account" ON "account"."id" = "user"."account_id"'
+        ' WHERE "app_session"."id" = ? AND "app_session"."user_id" = ?',
+        (session_id, session.get("user_id")),
     ).fetchone()
-    if user is None or session.get("stamp") != password_stamp(user["password_hash"]):
-        session.clear()  # the user is gone or changed their password elsewhere
+    if user is None:
+        session.clear()  # logged out, here or by a password change elsewhere
         return
     g.user = user
     # A session lasts PERMANENT_SESSION_LIFETIME from its last renewal. Renewing it on
@@ -109,6 +119,9 @@ def load_logged_in_user():
     day = today()
     if session.get("renewed") != day:
         session["renewed"] = day
+        db = get_db()
+        with db:
+            db.execute('UPDATE "app_session" SET "renewed_on" = ? WHERE "id" = ?', (day, session_id))
 
 
 def today():
@@ -161,7 +174,7 @@ def signup():
         except sqlite3.IntegrityError:
             form.email.errors.append("An account with this email already exists. Log in instead?")
         else:
-            start_session(user_id, password_hash)
+            start_session(user_id)
             flash("Welcome! Your account is ready.", "success")
             return redirect(url_for("main.index"))
     return render_template("auth/signup.html", form=form)
@@ -253,7 +266,7 @@ def login():
         user = db.execute('SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)).fetchone()
         if check_password(user, form.password.data):
             forget_failures(email)
-            start_session(user["id"], user["password_hash"])
+            start_session(user["id"])
             return redirect(next_url or url_for("main.index"))
         record_failure(email, address)
         form.password.errors.append("Wrong email or password.")
@@ -262,6 +275,11 @@ def login():
 
 @bp.route("/logout", methods=("POST",))
 def logout():
+    session_id = session.get("session_id")
+    if session_id is not None:
+        db = get_db()
+        with db:
+            db.execute('DELETE FROM "app_session" WHERE "id" = ?', (session_id,))
     session.clear()
     flash("You are logged out.", "success")
     return redirect(url_for("main.index"))
@@ -284,9 +302,10 @@ def change_password():
             forget_failures(email)
             password_hash = hash_password(form.password.data)
             db = get_db()
-            with db:
+            with db:  # the new password, and the user logged out everywhere...
                 db.execute('UPDATE "user" SET "password_hash" = ? WHERE "id" = ?', (password_hash, g.user["id"]))
-            start_session(g.user["id"], password_hash)  # this session stays; any other ends
+                db.execute('DELETE FROM "app_session" WHERE "user_id" = ?', (g.user["id"],))
+            start_session(g.user["id"])  # ...but here, in a fresh session
             flash("Your password has been changed.", "success")
             return redirect(url_for("main.index"))
     return render_template("auth/password.html", form=form)

@@ -1,4 +1,5 @@
--- The app's own tables: customer accounts, their users, failed logins, signups.
+-- The app's own tables: customer accounts, their users, their sessions, failed logins,
+-- signups.
 -- The entity tables, generated from the spec, are in schema.sql.
 -- Times are ISO 8601 UTC text, e.g. 2024-01-31T08:30:00Z.
 
@@ -39,3 +40,15 @@ CREATE TABLE IF NOT EXISTS "app_signup" (
 );
 
 CREATE INDEX IF NOT EXISTS "app_signup_address" ON "app_signup" ("address", "created_at");
+
+-- One row per logged-in session; the signed session cookie carries its random id.
+-- Logging out deletes the row, so a copy of the cookie is logged out too; a password
+-- change deletes all of the user's rows. Rows unused for a session lifetime are pruned.
+CREATE TABLE IF NOT EXISTS "app_session" (
+    "id" TEXT PRIMARY KEY,
+    "user_id" INTEGER NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
+    "renewed_on" TEXT NOT NULL,  -- the day (UTC) the cookie was last renewed
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS "app_session_user_id" ON "app_session" ("user_id");

@@ -207,6 +207,37 @@ def test_change_password_ends_other_sessions(app, client, auth):
     assert laptop.get("/account/password").status_code == 302  # the other one is logged out
 
 
+def test_logout_ends_a_copied_session_cookie(app, client, auth):
+    auth.signup()
+    name = app.config["SESSION_COOKIE_NAME"]
+    copy = app.test_client()
+    copy.set_cookie(name, client.get_cookie(name).value)
+    assert copy.get("/account/password").status_code == 200  # the copy works while logged in
+    auth.logout()
+    assert copy.get("/account/password").status_code == 302  # and no more after logout
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "app_session"').fetchone()[0] == 0
+
+
+def test_sessions_unused_for_a_lifetime_are_pruned(app, client, auth):
+    auth.signup()
+    laptop = app.test_client()
+    AuthActions(laptop).login()
+    with app.app_context():
+        db = get_db()
+        db.execute("""UPDATE "app_session" SET "renewed_on" = date('now', '-15 days')""")
+        db.commit()
+    with laptop.session_transaction() as s:
+        s["renewed"] = "2000-01-01"  # the laptop's cookie was last renewed long ago too
+    assert laptop.get("/account/password").status_code == 200  # its cookie still lives...
+    with app.app_context():  # ...and its day of use renewed the row, as it renews the cookie
+        assert get_db().execute("""SELECT count(*) FROM "app_session" WHERE "renewed_on" = date('now')""").fetchone()[0] == 1
+    AuthActions(app.test_client()).login()  # a login prunes sessions unused for 14 days
+    with app.app_context():
+        assert get_db().execute('SELECT count(*) FROM "app_session"').fetchone()[0] == 2
+    assert client.get("/account/password").status_code == 302
+
+
 def test_production_hashes_with_full_strength_scrypt(tmp_path, monkeypatch):
     monkeypatch.delenv("SECRET_KEY", raising=False)
     app = create_app({"DATA_DIR": str(tmp_path)})  # no test config: the real defaults
