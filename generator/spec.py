@@ -63,11 +63,16 @@ MAX_PLACES = 6
 # Decimals are stored as integers scaled by 10**places; keep them inside SQLite's int64.
 DECIMAL_LIMIT = Decimal(10) ** 12
 
+# The columns every entity table has besides its fields (template/app/schema.sql.jinja).
 SYSTEM_COLUMNS = {"id", "account_id", "created_at", "updated_at"}
-# SQLite's own names for the row id, and names the generated forms already use.
-RESERVED_FIELDS = SYSTEM_COLUMNS | {"rowid", "oid", "csrf_token"}
-# The app's own tables.
+# SQLite's own names for the row id.
+ROWID_ALIASES = {"rowid", "oid"}
+# Names the generated forms already use.
+RESERVED_FIELDS = SYSTEM_COLUMNS | ROWID_ALIASES | {"csrf_token"}
+# The app's own tables, and the prefixes of its internal ones and SQLite's.
 RESERVED_ENTITIES = {"account", "user", "login_attempt"}
+RESERVED_PREFIXES = ("app_", "sqlite_")
+SYSTEM_TABLES_SHOWN = "account, user, login_attempt, app_*, sqlite_*"
 # Names an entity module must not take: the app package's own modules and folders, and
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
@@ -359,8 +364,8 @@ class _Validator:
             self.error(where, "entity names must be unique in a vertical: it is defined twice")
             return None
         seen.add(name)
-        if name in RESERVED_ENTITIES or name.startswith(("app_", "sqlite_")):
-            self.error(where, f'"{name}" is reserved for the app\'s own tables (account, user, login_attempt, app_*, sqlite_*): choose another name, such as "{name}_record"')
+        if is_system_table(name):
+            self.error(where, f'"{name}" is reserved for the app\'s own tables ({SYSTEM_TABLES_SHOWN}): choose another name, such as "{name}_record"')
         self.unknown_keys(where, raw, ENTITY_KEYS, "an entity")
 
         label = self.text(where, raw, "label", limit=60) or name.replace("_", " ").capitalize()
@@ -406,6 +411,9 @@ class _Validator:
             search = tuple(f.name for f in fields if f.type in ("string", "email"))[:3]
 
         renamed_from = self.renamed_from(where, raw)
+        if renamed_from and is_system_table(renamed_from):
+            # migrate renames a live table of the old name: it would take the app's own.
+            self.error(where, f'renamed_from "{renamed_from}" is one of the app\'s own tables ({SYSTEM_TABLES_SHOWN}), not an old entity name: migrate would rename that table')
         if len(self.problems) > start:
             return None
         return Entity(
@@ -556,6 +564,10 @@ class _Validator:
         label = self.text(where, raw, "label", limit=80) or name.replace("_", " ").capitalize()
         help_text = self.text(where, raw, "help", limit=300, empty_ok=True) or ""
         renamed_from = self.renamed_from(where, raw)
+        if renamed_from in SYSTEM_COLUMNS | ROWID_ALIASES:
+            # migrate renames a live column of the old name: renaming "id" renumbers records.
+            columns = ", ".join(sorted(SYSTEM_COLUMNS | ROWID_ALIASES))
+            self.error(where, f'renamed_from "{renamed_from}" is a system column ({columns}), not an old field name: migrate would rename the column every record has')
 
         max_length = places = lo = hi = to = on_delete = None
         choices: tuple[str, ...] = ()
@@ -730,6 +742,11 @@ def text_problem(value: str) -> str | None:
     if '"""' in value:
         return 'must not contain three double quotes in a row'
     return None
+
+
+def is_system_table(name: str) -> bool:
+    """True for the app's own tables and SQLite's, which no entity may be or replace."""
+    return name in RESERVED_ENTITIES or name.startswith(RESERVED_PREFIXES)
 
 
 def pluralize(word: str) -> str:

@@ -134,6 +134,12 @@ FIELD_CASES = [
      F + '"s": renamed_from "s" is the current name'),
     ('{ name = "s", type = "string", renamed_from = "t" },\n{ name = "t", type = "string" }',
      F + '"s": renamed_from "t" is still a field of this entity'),
+    ('{ name = "legacy", type = "integer", renamed_from = "id" }',
+     F + '"legacy": renamed_from "id" is a system column (account_id, created_at, id, oid, rowid, updated_at), not an old field name: migrate would rename the column every record has'),
+    ('{ name = "made", type = "datetime", renamed_from = "created_at" }',
+     F + '"made": renamed_from "created_at" is a system column (account_id, created_at, id, oid, rowid, updated_at), not an old field name: migrate would rename the column every record has'),
+    ('{ name = "n", type = "integer", renamed_from = "rowid" }',
+     F + '"n": renamed_from "rowid" is a system column (account_id, created_at, id, oid, rowid, updated_at), not an old field name: migrate would rename the column every record has'),
 ]
 
 
@@ -204,6 +210,16 @@ VERTICAL_CASES = [
      '\n[[entities]]\nname = "b"\nfields = [{ name = "a", type = "ref", to = "a", required = true }]\n',
      ['verticals/shop.toml: entity "a": required refs form a cycle (a.b -> b.a -> a), so no first record could be saved: make one of them optional']),
 ]
+
+
+
+
+@pytest.mark.parametrize("old", ["account", "user", "login_attempt", "app_migration", "app_session", "sqlite_sequence"])
+def test_an_entity_cannot_be_renamed_from_a_system_table(tmp_path, old):
+    text = GOOD.replace('name = "item"', f'name = "item"\nrenamed_from = "{old}"')
+    assert problems_of(tmp_path, text) == [
+        f'verticals/shop.toml: entity "item": renamed_from "{old}" is one of the app\'s own tables (account, user, login_attempt, app_*, sqlite_*), not an old entity name: migrate would rename that table'
+    ]
 
 
 @pytest.mark.parametrize("text, expected", VERTICAL_CASES)
