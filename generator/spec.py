@@ -86,12 +86,14 @@ APP_MODULES = {
 }
 # The app's own URLs, which no entity's URL may take.
 APP_URLS = {"signup", "login", "logout", "account", "healthz", "static"}
-# Attributes of a WTForms form, which a field attribute of that name would replace, and
+# Attributes of a Flask-WTF form, which a field attribute of that name would replace, and
 # the module names the generated form class body uses (values.strip, date.fromisoformat).
+# Written out, as the generator does not depend on Flask-WTF; tests/test_spec.py compares
+# it with dir(FlaskForm), so a new WTForms version's new attribute is caught there.
 FORM_ATTRS = {
     "data", "errors", "form_errors", "meta", "validate", "populate_obj", "process",
-    "hidden_tag", "is_submitted", "validate_on_submit", "extra_validators", "on_submit",
-    "submit", "Meta", "values", "date", "datetime",
+    "post_process", "hidden_tag", "is_submitted", "validate_on_submit", "extra_validators",
+    "on_submit", "submit", "Meta", "values", "date", "datetime",
 }
 PY_NAMES = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
 

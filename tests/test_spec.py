@@ -212,8 +212,6 @@ VERTICAL_CASES = [
 ]
 
 
-
-
 @pytest.mark.parametrize("old", ["account", "user", "login_attempt", "app_migration", "app_session", "sqlite_sequence"])
 def test_an_entity_cannot_be_renamed_from_a_system_table(tmp_path, old):
     text = GOOD.replace('name = "item"', f'name = "item"\nrenamed_from = "{old}"')
@@ -323,6 +321,27 @@ def test_field_attributes_avoid_wtforms_validator_names(tmp_path):
     path = write(tmp_path, entity_spec('{ name = "validate_on", type = "string" },\n{ name = "field_validate_on", type = "string" }'))
     item = spec.load_vertical(path).entity("item")
     assert [f.attr for f in item.fields] == ["field_validate_on", "field_validate_on_"]
+
+
+def test_field_attributes_avoid_every_form_attribute(tmp_path):
+    """post_process is a Form method: a field attribute of that name broke every form."""
+    path = write(tmp_path, entity_spec('{ name = "post_process", type = "string" },\n{ name = "hidden_tag", type = "string" }'))
+    item = spec.load_vertical(path).entity("item")
+    assert [f.attr for f in item.fields] == ["post_process_", "hidden_tag_"]
+
+
+def test_form_attrs_cover_every_public_name_of_a_flask_form():
+    """FORM_ATTRS is written out (the generator does not depend on Flask-WTF): a new
+    WTForms or Flask-WTF version with a new public form attribute fails here."""
+    import flask
+    import flask_wtf
+
+    app = flask.Flask("check")
+    app.config["SECRET_KEY"] = "test"
+    with app.test_request_context("/"):
+        form = flask_wtf.FlaskForm()
+    public = {n for n in dir(type(form)) + dir(form) if not n.startswith("_")}
+    assert public - spec.FORM_ATTRS - spec.RESERVED_FIELDS == set()
 
 
 def test_fingerprint_follows_the_spec(tmp_path):
