@@ -86,7 +86,11 @@ def enable_commands(slugs: list[str], out: Path) -> list[str]:
             f"{home}/.venv/bin/pip install --quiet {requirements}",
         ]
     commands.append("systemctl daemon-reload")
-    commands += [f"systemctl enable --now {slug}.service" for slug in slugs]
+    # `enable --now` would leave a service that already runs on its old code: a reload
+    # migrates the database, then swaps the workers (see the unit's ExecReload); a
+    # service that is not running yet is started instead.
+    for slug in slugs:
+        commands += [f"systemctl enable {slug}.service", f"systemctl reload-or-restart {slug}.service"]
     commands.append("nginx -t && systemctl reload nginx")
     return commands
 

@@ -106,6 +106,16 @@ def test_units_run_the_installed_app(apps):
     assert "ExecStart=/srv/vgen/sample/.venv/bin/flask --app app backup" in backup
 
 
+def test_reload_migrates_before_it_swaps_the_workers(apps):
+    """`systemctl reload` after an update must not run the new code on the old schema:
+    systemd runs the ExecReload lines in order and stops at the first that fails."""
+    service = (apps / "sample/deploy/sample.service").read_text()
+    assert re.findall(r"^ExecReload=(.*)$", service, re.M) == [
+        "/srv/vgen/sample/.venv/bin/flask --app app migrate",
+        "/bin/kill -s HUP $MAINPID",
+    ]
+
+
 # -- cron -------------------------------------------------------------------------
 
 CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
@@ -219,7 +229,10 @@ def test_install_refuses_a_slug_that_is_a_system_user(apps, tmp_path):
 def test_enable_commands(apps):
     commands = enable_commands(["sample"], apps)
     assert "systemctl daemon-reload" in commands
-    assert "systemctl enable --now sample.service" in commands
+    # enable --now would leave an already running service on its old code: reload it
+    # (which migrates first), or start it when it is not running.
+    assert commands[-3:-1] == ["systemctl enable sample.service", "systemctl reload-or-restart sample.service"]
+    assert not any("--now" in c for c in commands)
     assert commands[-1] == "nginx -t && systemctl reload nginx"
     assert any("/srv/vgen/sample/.venv/bin/pip install" in c and "gunicorn" in c for c in commands)
 
