@@ -11,6 +11,7 @@ depend on (systemd-analyze cannot follow its absolute symlinks from inside a roo
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -365,18 +369,27 @@ def gunicorn_app(apps, tmp_path):
         server.wait(timeout=30)
 
 
-def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app):
-    app = apps / "sample"
-    (tmp_path / "nginx").mkdir()
+@contextmanager
+def nginx_serving(app: Path, tmp: Path, upstream: int):
+    """nginx running the app's generated site in front of upstream; yields its port."""
+    tmp.mkdir()
     listen = free_port()
-    site = local_site(app, tmp_path / "nginx", listen, gunicorn_app)
-    conf = nginx_conf(tmp_path / "nginx", site)
-    assert nginx_test(conf, tmp_path / "nginx").returncode == 0
+    conf = nginx_conf(tmp, local_site(app, tmp, listen, upstream))
+    assert nginx_test(conf, tmp).returncode == 0
     nginx = subprocess.Popen(
-        [NGINX, "-e", str(tmp_path / "nginx/logs/error.log"), "-p", str(tmp_path / "nginx"), "-c", str(conf), "-g", "daemon off;"],
+        [NGINX, "-e", str(tmp / "logs/error.log"), "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
         stderr=subprocess.PIPE,
     )
     try:
+        yield listen
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+
+
+def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app):
+    app = apps / "sample"
+    with nginx_serving(app, tmp_path / "nginx", gunicorn_app) as listen:
         wait_for(listen)
         status, headers, body = get(listen, "/login")
         assert status == 200 and b"<form" in body
@@ -389,6 +402,40 @@ def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app
         assert "Content-Security-Policy" not in headers  # served by nginx, not the app
         assert headers["Cache-Control"] == "public, max-age=86400"
         assert "ETag" in headers and "Last-Modified" in headers
+
+
+@pytest.fixture
+def echo_upstream():
+    """A stand-in for gunicorn answering each request with the headers it was sent."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(timeout=30)
+        server.shutdown()
+        server.server_close()
+
+
+def test_nginx_tells_the_app_its_port(apps, tmp_path, echo_upstream):
+    """On a port other than 80/443 the app must know the port: Flask-WTF's HTTPS check
+    compares the Referer, port included, with the app's own URL."""
+    with nginx_serving(apps / "sample", tmp_path / "nginx", echo_upstream) as listen:
+        wait_for(listen, "/")
+        status, headers, body = get(listen, "/signup")
+        sent = json.loads(body)
+        assert sent["x-forwarded-host"] == "sample.example.com"
+        assert sent["x-forwarded-port"] == str(listen)
