@@ -439,3 +439,13 @@ def test_nginx_tells_the_app_its_port(apps, tmp_path, echo_upstream):
         sent = json.loads(body)
         assert sent["x-forwarded-host"] == "sample.example.com"
         assert sent["x-forwarded-port"] == str(listen)
+
+
+def test_nginx_never_shows_its_version(apps, tmp_path, echo_upstream):
+    with nginx_serving(apps / "sample", tmp_path / "nginx", echo_upstream) as listen:
+        wait_for(listen, "/")
+        status, headers, body = get(listen, "/login")
+        assert status == 200 and headers["Server"] == "nginx"
+        status, headers, body = get(listen, "/static/no-such-file.css")  # nginx's own page
+        assert status == 404 and headers["Server"] == "nginx"
+        assert b"<center>nginx</center>" in body
