@@ -11,7 +11,12 @@ root, OUT) writes:
     ROOT/etc/nginx/sites-enabled/cheesemaking.conf -> ../sites-available/cheesemaking.conf
 
 Every file is written atomically and only when its content or mode differs, so a second
-run changes nothing. The app folder mirrors the generated app: files gone from the app
+run changes nothing. A file vgen did not lay is never replaced: a slug such as `ssh`,
+`cron` or `nginx` whose unit exists on the box (in /etc/systemd/system,
+/lib/systemd/system or /usr/lib/systemd/system), or a cron or nginx file of that name,
+stops the install before anything is written. vgen knows its own files by their first
+line, which says where `vgen install` puts them ("# Shop: ..., installed as
+/etc/cron.d/shop ..."). The app folder mirrors the generated app: files gone from the app
 are removed, but its .venv (made on the box) and instance/ (data) are never touched.
 The generated units, cron file and nginx site all use the /srv/vgen/<slug> layout.
 """
@@ -29,6 +34,9 @@ from pathlib import Path
 from .errors import VgenError
 
 APPS_DIR = Path("srv/vgen")  # under the root; the units' WorkingDirectory
+# Where systemd finds units (under the root): a unit of the slug's name in any of them
+# is the system's, which the app's would replace or override.
+UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
 # Never copied from the generated app, never removed from the installed one.
 EXCLUDED = {"instance", ".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
@@ -54,25 +62,34 @@ def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
         raise VgenError("no vertical to install: name one or more, or use --all")
     apps = [_generated_app(slug, out) for slug in slugs]
     _check_no_static_users(slugs, root)
+    _check_not_the_systems(slugs, root)
     laid: list[Laid] = []
     for slug, app in zip(slugs, apps):
         deploy = app / "deploy"
         laid += _mirror(app, root / APPS_DIR / slug)
-        for source, target in (
-            (f"{slug}.service", f"etc/systemd/system/{slug}.service"),
-            (f"{slug}-backup.service", f"etc/systemd/system/{slug}-backup.service"),
-            # cron ignores /etc/cron.d files whose names contain a dot.
-            (f"{slug}.cron", f"etc/cron.d/{slug}"),
-            (f"{slug}.nginx.conf", f"etc/nginx/sites-available/{slug}.conf"),
-        ):
+        for source, target in _deploy_files(slug):
             laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644))
-        laid.append(
-            _lay_symlink(
-                root / f"etc/nginx/sites-enabled/{slug}.conf",
-                f"../sites-available/{slug}.conf",
-            )
-        )
+        laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug)))
     return laid
+
+
+def _deploy_files(slug: str) -> list[tuple[str, str]]:
+    """(file in the app's deploy/, where it goes under the root)."""
+    return [
+        (f"{slug}.service", f"etc/systemd/system/{slug}.service"),
+        (f"{slug}-backup.service", f"etc/systemd/system/{slug}-backup.service"),
+        # cron ignores /etc/cron.d files whose names contain a dot.
+        (f"{slug}.cron", f"etc/cron.d/{slug}"),
+        (f"{slug}.nginx.conf", f"etc/nginx/sites-available/{slug}.conf"),
+    ]
+
+
+def _site_link(slug: str) -> str:
+    return f"etc/nginx/sites-enabled/{slug}.conf"
+
+
+def _site_target(slug: str) -> str:
+    return f"../sites-available/{slug}.conf"
 
 
 def enable_commands(slugs: list[str], out: Path) -> list[str]:
@@ -127,6 +144,49 @@ def _check_no_static_users(slugs: list[str], root: Path) -> None:
             "service would run as that user instead of its own dynamic one; "
             "give the vertical another slug"
         )
+
+
+def _check_not_the_systems(slugs: list[str], root: Path) -> None:
+    """Refuse, before anything is written, to replace a file vgen did not lay.
+
+    A slug such as ssh or nginx names a unit the box has: the app's unit in
+    /etc/systemd/system would override it, and enabling it would replace that service.
+    A cron.d file or an nginx site of the slug's name that is not vgen's is the admin's.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()  # /lib is often a link to /usr/lib: one problem per file
+    for slug in slugs:
+        for unit in (f"{slug}.service", f"{slug}-backup.service"):
+            for folder in UNIT_DIRS:
+                path = root / folder / unit
+                if os.path.lexists(path) and os.path.realpath(path) not in seen:
+                    seen.add(os.path.realpath(path))
+                    if not _laid_by_vgen(path, f"/etc/systemd/system/{unit}"):
+                        problems.append(f"{path}: the box already has a unit {unit}, which the "
+                                        "vertical's would replace; give the vertical another slug")
+        for target in (f"etc/cron.d/{slug}", f"etc/nginx/sites-available/{slug}.conf"):
+            path = root / target
+            if os.path.lexists(path) and not _laid_by_vgen(path, f"/{target}"):
+                problems.append(f"{path}: not laid by vgen; move it away, or give the vertical another slug")
+        link = root / _site_link(slug)
+        if os.path.lexists(link) and not (link.is_symlink() and os.readlink(link) == _site_target(slug)):
+            problems.append(f"{link}: not the link vgen makes (-> {_site_target(slug)}); "
+                            "move it away, or give the vertical another slug")
+    if problems:
+        raise VgenError("vgen install would replace files it did not lay; nothing was written", problems)
+
+
+def _laid_by_vgen(path: Path, installed_as: str) -> bool:
+    """True when path is a plain file whose first line says vgen install puts it at
+    installed_as, as every deploy file of the template does."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1024).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return re.match(r"# .*\binstalled as " + re.escape(installed_as) + r"(?![\w.-])", first) is not None
 
 
 def _requirements(app: Path) -> list[str]:

@@ -230,6 +230,68 @@ def test_install_refuses_a_slug_that_is_a_system_user(apps, tmp_path):
         install(["sample"], tmp_path, apps)
 
 
+SYSTEM_FILES = [
+    "etc/systemd/system/sample.service",
+    "lib/systemd/system/sample.service",
+    "usr/lib/systemd/system/sample.service",
+    "usr/lib/systemd/system/sample-backup.service",
+    "etc/cron.d/sample",
+    "etc/nginx/sites-available/sample.conf",
+    "etc/nginx/sites-enabled/sample.conf",
+]
+
+
+def tree(root: Path) -> dict:
+    """Every path under root with its content (a link's target; None for a folder)."""
+    def content(p: Path):
+        if p.is_symlink():
+            return os.readlink(p)
+        return p.read_bytes() if p.is_file() else None
+
+    return {p.relative_to(root).as_posix(): content(p) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("path", SYSTEM_FILES)
+def test_install_never_replaces_a_file_it_did_not_lay(apps, tmp_path, path):
+    """A slug such as ssh, cron or nginx: its unit, cron file or site is the system's own."""
+    from generator.errors import VgenError
+
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text("[Service]\nExecStart=/usr/sbin/sshd -D\n")
+    before = tree(tmp_path)
+    with pytest.raises(VgenError) as info:
+        install(["sample"], tmp_path, apps)
+    assert str(info.value).startswith("vgen install would replace files it did not lay; nothing was written")
+    assert f"  {tmp_path / path}: " in str(info.value)
+    assert tree(tmp_path) == before
+
+
+def test_install_never_repoints_a_site_link_it_did_not_make(apps, tmp_path):
+    from generator.errors import VgenError
+
+    link = tmp_path / "etc/nginx/sites-enabled/sample.conf"
+    link.parent.mkdir(parents=True)
+    os.symlink("/etc/nginx/sites-available/default", link)
+    with pytest.raises(VgenError, match="nothing was written"):
+        install(["sample"], tmp_path, apps)
+    assert os.readlink(link) == "/etc/nginx/sites-available/default"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["etc", "nginx", "sample.conf", "sites-enabled"]
+
+
+def test_install_updates_the_files_it_laid(apps, tmp_path):
+    """vgen's own files are known by their header (where vgen install puts them): an
+    app regenerated since replaces them."""
+    install(["sample"], tmp_path, apps)
+    deploy = ["etc/systemd/system/sample.service", "etc/systemd/system/sample-backup.service",
+              "etc/cron.d/sample", "etc/nginx/sites-available/sample.conf"]
+    for path in deploy:
+        with (tmp_path / path).open("a") as f:
+            f.write("# laid by an older template\n")
+    laid = install(["sample"], tmp_path, apps)
+    assert sorted(x.path.relative_to(tmp_path).as_posix() for x in laid if x.status != "unchanged") == sorted(deploy)
+    assert {x.status for x in laid if x.status != "unchanged"} == {"updated"}
+
+
 def test_enable_commands(apps):
     commands = enable_commands(["sample"], apps)
     assert "systemctl daemon-reload" in commands
