@@ -329,6 +329,32 @@ def test_restore_while_the_app_writes_succeeds(app, tmp_path):
     assert integrity(app.database) == "ok"
 
 
+def test_backups_after_an_entity_left_the_spec_restore(app, template_repo, tmp_path):
+    """migrate keeps the table of an entity removed from the spec, with its data: every
+    backup taken since holds it, and restores."""
+    answers = sample_answers()
+    answers["entities"] = [e for e in answers["entities"] if e["name"] != "class"]
+    db = app.connect()
+    db.execute("""INSERT INTO "class" ("account_id", "title", "starts_at", "created_at", "updated_at") VALUES (1, 'kept', '2024-01-01T08:00:00', 'x', 'x')""")
+    db.commit()
+    db.close()
+    later = App(render_app(template_repo, answers, tmp_path / "later"), app.data_dir)
+    done = later.flask("migrate")
+    assert done.returncode == 0, done.stderr
+    assert 'table "class" (1 rows) is no longer in the spec; its data is kept' in done.stdout
+    before = later.dump()
+    path = later.backup()
+    db = later.connect()
+    db.execute('DELETE FROM "aging_room" WHERE "id" > 10')
+    db.commit()
+    db.close()
+
+    done = later.flask("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    assert later.dump() == before
+    assert ids(later.database, "class") == {1}
+
+
 def foreign_database(path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript('CREATE TABLE "account" (id); CREATE TABLE "user" (id); CREATE TABLE "hive" (id);')

@@ -136,7 +136,12 @@ def run_backup(database, directory, offsite_command="", now=None):
         make_private_dir(directory)
         with locked(directory):
             name = unique_name(directory, f"{Path(database).stem}-{now.strftime(STAMP_FORMAT)}")
-            path, counts = take_backup(database, directory / name)
+            expected = schema_tables()
+
+            def restorable(copy, counts):  # what restore checks first, checked now
+                check_app_database(copy, set(counts), expected, database)
+
+            path, counts = take_backup(database, directory / name, check=restorable)
             record.update(file=str(path), size=path.stat().st_size, verified=True, tables=counts)
             record["removed"] = [str(p) for p in rotate(directory, Path(database).stem)]
             if offsite_command:
@@ -148,13 +153,14 @@ def run_backup(database, directory, offsite_command="", now=None):
     return record
 
 
-def take_backup(database, target):
+def take_backup(database, target, check=None):
     """Copy the live database into target, verified; returns (target, row counts).
 
     The row counts and the copy come from one read transaction on the source, so they
     see the same snapshot while other connections keep committing (WAL lets them).
     The copy is written to a temporary file, fsynced and verified before it is renamed
     into place, so a file named like a backup is always a complete, checked one.
+    check(path, row counts), if given, checks the copy further; it raises BackupError.
     """
     database, target = Path(database), Path(target)
     if not database.exists():
@@ -184,6 +190,11 @@ def take_backup(database, target):
             raise BackupError(f"the copy failed verification: {e}") from e
         if got != counts:
             raise BackupError(f"row counts differ: database {counts}, copy {got}")
+        if check is not None:
+            try:
+                check(tmp, got)
+            except BackupError as e:
+                raise BackupError(f"restore would refuse the copy: {e}") from e
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
@@ -337,7 +348,9 @@ def restore(database, file, directory, expected_tables):
         candidate = directory / f".tmp-restore-{now}.db"
         try:
             try:
-                counts, migrated = prepare(file, candidate, expected_tables, page_size_of(database))
+                counts, migrated = prepare(
+                    file, candidate, expected_tables, page_size_of(database), live=database
+                )
             except (BackupError, sqlite3.Error) as e:
                 raise BackupError(f"refusing to restore {file}: {e}; nothing was changed") from e
             safety = None
@@ -403,13 +416,15 @@ def page_size_of(database):
         raise BackupError(f"cannot read the current database {database} ({e})") from e
 
 
-def prepare(file, candidate, expected_tables, page_size):
+def prepare(file, candidate, expected_tables, page_size, live=None):
     """Copy the backup file to candidate, check it and bring it to this app's schema;
     returns (row counts, migration steps). Raises BackupError or sqlite3.Error.
 
     A -wal file beside the backup holds writes that are not in the file yet (a copy of
     a live database taken with cp): it is copied too, and merged into the candidate.
     The candidate gets the live database's page size, which the backup API needs.
+    live: the live database, whose migrations name tables of this app (see
+    check_app_database).
     """
     from . import migrate  # migrate imports this module
 
@@ -428,8 +443,7 @@ def prepare(file, candidate, expected_tables, page_size):
     finally:
         db.close()
     counts = verify(candidate)
-    check_tables(set(counts), expected_tables)
-    check_no_triggers_or_views(candidate)
+    check_app_database(candidate, set(counts), expected_tables, live)
     db = connect(str(candidate))
     try:
         try:
@@ -442,6 +456,51 @@ def prepare(file, candidate, expected_tables, page_size):
     if steps:
         counts = verify(candidate)  # the migrated copy, checked again
     return counts, steps
+
+
+def check_app_database(path, tables, expected, live=None):
+    """Refuse a database that is not one of this app's (BackupError): the one check
+    that restore makes before it goes on, and that backup makes before it says
+    "verified". tables: the database's tables; expected: the schema's.
+
+    Besides the schema's tables, this app's databases hold the tables its own migrations
+    kept when their entity left the spec, and the tables of entities renamed since
+    (`renamed_from`): restore migrates its copy to the current schema, renames included.
+    The tables every migration recorded (app_migration) in the live database and the
+    current old names count as this app's; those recorded in the database itself are
+    accepted too, but a database must still hold one of this app's own tables.
+    """
+    from . import migrate  # migrate imports this module
+
+    renamed = {e["renamed_from"] for e in migrate.ENTITIES.values() if e["renamed_from"]}
+    ours = set(expected) | renamed | recorded_tables(live)
+    check_tables(tables, ours, recorded_tables(path))
+    check_no_triggers_or_views(path)
+
+
+def recorded_tables(path):
+    """The entity tables that the migrations of the database at path recorded in its
+    app_migration table: those of every spec it was migrated to, and those it kept."""
+    if path is None or not Path(path).is_file():
+        return set()
+    # Not read-only: closing the last connection to a WAL database then also removes
+    # its -wal and -shm files, as the app's own connections do; this one only reads.
+    db = sqlite3.connect(str(path))
+    try:
+        found = db.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'app_migration'"
+        ).fetchone()
+        if not found:
+            return set()
+        names = set()
+        for (entities,) in db.execute('SELECT "entities" FROM "app_migration"'):
+            try:
+                names |= set(json.loads(entities))
+            except (TypeError, ValueError):
+                continue  # not written by migrate: it names nothing
+        return names
+    finally:
+        db.close()
 
 
 def check_no_triggers_or_views(path):
@@ -460,14 +519,18 @@ def check_no_triggers_or_views(path):
         )
 
 
-def check_tables(tables, expected):
-    """Refuse a database that is not this app's: another vertical's, or any other."""
+def check_tables(tables, expected, recorded=frozenset()):
+    """Refuse a database that is not this app's: another vertical's, or any other.
+
+    expected: this app's tables; recorded: other tables the database itself says its
+    migrations made or kept, accepted only beside one of this app's own tables.
+    """
     missing = REQUIRED_TABLES - tables
     if missing:
         raise BackupError(
             f"it is not a backup of this app: it has no {', '.join(sorted(missing))} table"
         )
-    known = expected | SYSTEM_TABLES
+    known = expected | set(recorded) | SYSTEM_TABLES
     foreign = sorted(t for t in tables - known if not t.startswith("app_"))
     if foreign:
         raise BackupError(
