@@ -351,8 +351,9 @@ def _update(job: Job) -> Outcome:
     gitrepo.commit_all(app, "Hand edits, committed by vgen before regeneration")
     before = gitrepo.head(app)
     merged = gitrepo.merge(app, TEMPLATE_BRANCH, commit_message("Regenerate", job))
+    unmerged = gitrepo.unmerged(app)  # before changed_files, which marks them resolved
     files = gitrepo.changed_files(app, before)
-    conflicted = gitrepo.conflicts(app, files)
+    conflicted = gitrepo.conflicts(app, files, unmerged)
     if conflicted or not merged:
         gitrepo.save_aside(app, CONFLICT_BRANCH, commit_message("Conflicted regeneration", job),
                            also_parent=TEMPLATE_BRANCH)

@@ -56,9 +56,15 @@ def changed_files(repo: Path, since: str) -> list[str]:
     return sorted(line for line in out.splitlines() if line)
 
 
-def conflicts(repo: Path, files: list[str]) -> list[str]:
+def unmerged(repo: Path) -> list[str]:
+    """Paths the last merge left unmerged. Read them before changed_files(), whose
+    `git add` marks them resolved (a modify/delete conflict then leaves no trace)."""
+    return sorted(set(line.split("\t", 1)[1] for line in git(repo, "ls-files", "-u").splitlines() if "\t" in line))
+
+
+def conflicts(repo: Path, files: list[str], unmerged_paths: list[str]) -> list[str]:
     """Files left in conflict: unmerged paths, .rej files, or inline conflict markers."""
-    found = set(line.split("\t", 1)[1] for line in git(repo, "ls-files", "-u").splitlines() if "\t" in line)
+    found = set(unmerged_paths)
     for name in files:
         path = Path(repo) / name
         if name.endswith(".rej"):

@@ -303,3 +303,24 @@ def test_new_refuses_a_name_of_two_lines(project):
     assert "the name must be one line of text" in result.output
     assert "TOML syntax error" not in result.output
     assert not project.spec_path("bakery").exists()
+
+
+def test_a_modify_delete_conflict_names_its_files(project):
+    """A hand-edited file of an entity that leaves the spec: git leaves it unmerged
+    (modified here, deleted by the template), with no markers in it; it is listed."""
+    two = SPEC + '''
+[[entities]]
+name = "visit"
+fields = [{{ name = "day", type = "date" }}]
+'''
+    write_spec(project, "alpha", two.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    with (app / "app/visit.py").open("a") as f:
+        f.write("# tuned by hand\n")
+    before = snapshot(app)
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    outcome = generate(project, ["alpha"])["alpha"]
+    assert outcome.status == "conflict"
+    assert outcome.files == ["app/visit.py"]
+    assert snapshot(app) == before
