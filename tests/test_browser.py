@@ -304,4 +304,13 @@ def test_customer_flow_in_a_real_browser(browser_page):
     assert batch["notes"] == "Washed rind, turned daily"
     assert batch["checked_at"].startswith("2024-05-02T09:30")
 
+    # The session ends while the list is open: the live search then loads the whole
+    # login page (htmx follows HX-Redirect) instead of swapping it into the table.
+    page.goto("/batches/")
+    page.context.clear_cookies()
+    page.expected_status[page.url + "?q=B"] = 401
+    search.fill("B")
+    page.wait_for_url(re.compile(r"/login\?next=/batches/"))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
+
     assert page.problems == [], "\n".join(page.problems)

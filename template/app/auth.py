@@ -15,13 +15,12 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
-from flask_wtf import FlaskForm
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length
 
 from .db import get_db
-from .values import strip
+from .values import PostedForm, strip
 
 bp = Blueprint("auth", __name__)
 
@@ -31,7 +30,7 @@ PASSWORD_MAX = 200
 
 # Emails and the account name are stripped of surrounding spaces before validation, so
 # " ann@example.com " is Ann's address and "   " is no account name (DataRequired).
-class SignupForm(FlaskForm):
+class SignupForm(PostedForm):
     account = StringField("Account name", filters=[strip], validators=[DataRequired(), Length(max=100)])
     email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
@@ -40,12 +39,12 @@ class SignupForm(FlaskForm):
     )
 
 
-class LoginForm(FlaskForm):
+class LoginForm(PostedForm):
     email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
 
 
-class PasswordForm(FlaskForm):
+class PasswordForm(PostedForm):
     current_password = PasswordField("Current password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
     password = PasswordField("New password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
     confirm = PasswordField(
@@ -135,10 +134,13 @@ def login_required(view):
     def wrapped_view(**kwargs):
         if g.user is None:
             login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
-            response = redirect(login_url)
             if request.headers.get("HX-Request"):
-                response.headers["HX-Redirect"] = login_url  # a whole page, not a fragment
-            return response
+                # htmx (the live search) would follow a redirect itself and swap the
+                # login page into the table: HX-Redirect makes it load the whole page.
+                response = current_app.make_response(("", 401))
+                response.headers["HX-Redirect"] = login_url
+                return response
+            return redirect(login_url)
         return view(**kwargs)
 
     return wrapped_view

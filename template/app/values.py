@@ -7,11 +7,26 @@ these helpers, so the rules live in one place.
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from flask import request
+from flask_wtf import FlaskForm
 from wtforms.validators import StopValidation, ValidationError
 
 # SQLite's INTEGER is a signed 64-bit number.
 INTEGER_MIN = -(2**63)
 INTEGER_MAX = 2**63 - 1
+
+
+class PostedForm(FlaskForm):
+    """A FlaskForm that reads only the posted form fields (request.form).
+
+    FlaskForm also reads uploaded files and JSON bodies into the fields. No form of this
+    app takes either, and a file, a number or a list where a field expects text would
+    reach its filters and validators as such (a 500): sent that way, the fields are
+    missing, and the form says so.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(formdata=request.form if self.is_submitted() else None, **kwargs)
 
 
 def now():
@@ -76,6 +91,10 @@ def like_pattern(text):
     """
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+# CSV exports are sent in chunks of about this many characters.
+CSV_CHUNK_SIZE = 64 * 1024
 
 
 def csv_text(value):

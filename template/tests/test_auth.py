@@ -163,6 +163,15 @@ def test_change_password(app, client, auth):
     assert auth.login(password="a new long password").status_code == 302
 
 
+def test_login_required_sends_htmx_to_the_whole_login_page(client):
+    """The live search of a logged-out visitor: htmx loads the login page, rather than
+    following a redirect and swapping the page into the table."""
+    response = client.get("/account/password", headers={"HX-Request": "true"})
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"] == "/login?next=/account/password"
+    assert "Location" not in response.headers
+
+
 @pytest.mark.parametrize(
     ("current", "new", "confirm", "message"),
     [

@@ -1,5 +1,6 @@
 """Secret key, session cookie, CSRF, security headers, login throttling, escaping."""
 
+import io
 import os
 import re
 import stat
@@ -159,6 +160,23 @@ def test_security_headers(client, url):
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "same-origin"
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_strict_transport_security_over_https_only(client):
+    assert "Strict-Transport-Security" not in client.get("/login").headers
+    headers = client.get("/login", headers={"X-Forwarded-Proto": "https"}).headers
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_csrf_over_https_on_another_port(csrf_app, client):
+    """Behind nginx on https://host:8443/, the form's Referer names the port: nginx
+    passes it in X-Forwarded-Port, and the CSRF check accepts the form."""
+    proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example", "X-Forwarded-Port": "8443"}
+    token = csrf_token(client, "/signup")
+    data = {"account": "Acme", "email": "owner@example.com", "password": PASSWORD, "confirm": PASSWORD, "csrf_token": token}
+    response = client.post("/signup", data=data, headers={**proxy, "Referer": "https://shop.example:8443/signup"})
+    assert response.status_code == 302
+    assert count(csrf_app, "user") == 1
 
 
 def test_a_views_own_security_header_wins(app, client):
@@ -324,3 +342,19 @@ def test_old_signups_expire(app):
     assert sign_up_from(app, "203.0.113.9", 10).status_code == 302
     with app.app_context():  # the expired rows were pruned
         assert get_db().execute('SELECT count(*) FROM "app_signup"').fetchone()[0] == 1
+
+
+# -- what forms read ----------------------------------------------------------------
+
+
+def test_forms_read_posted_fields_only(app, client, auth):
+    """A file, or a JSON body with numbers and lists, where the forms expect text: the
+    fields are missing, never a 500."""
+    response = client.post("/login", data={"email": (io.BytesIO(b"x"), "email.txt"), "password": "x"})
+    assert response.status_code == 200 and b"This field is required." in response.data
+    response = client.post("/signup", json={"account": 5, "email": ["a@example.com"], "password": {"a": 1}})
+    assert response.status_code == 200 and b"This field is required." in response.data
+    assert count(app, "user") == 0
+    auth.signup()
+    response = client.post("/account/password", json={"current_password": 5, "password": [1], "confirm": None})
+    assert response.status_code == 200 and b"This field is required." in response.data
