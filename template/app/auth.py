@@ -156,7 +156,7 @@ def signup():
         # script can neither open accounts without end nor keep the CPU busy hashing.
         address = request.remote_addr or "unknown"
         window = current_app.config["SIGNUP_WINDOW_SECONDS"]
-        if recent("app_signup", "address", address, window) >= current_app.config["SIGNUP_MAX_PER_ADDRESS"]:
+        if recent("app_signup", window, address=address) >= current_app.config["SIGNUP_MAX_PER_ADDRESS"]:
             return too_many(
                 "auth/signup.html", window, "Too many sign-ups from your address.", form=form
             )
@@ -182,12 +182,13 @@ def signup():
     return render_template("auth/signup.html", form=form)
 
 
-def recent(table, column, value, window):
-    """Rows of `table` (login_attempt, app_signup) for this value within the window."""
+def recent(table, window, **values):
+    """Rows of `table` (login_attempt, app_signup) with these values, within the window."""
+    where = "".join(f' AND "{column}" = ?' for column in values)
     return get_db().execute(
-        f'SELECT count(*) FROM "{table}" WHERE "{column}" = ?'
-        " AND \"created_at\" > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)",
-        (value, f"-{window} seconds"),
+        f'SELECT count(*) FROM "{table}"'
+        f" WHERE \"created_at\" > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?){where}",
+        (f"-{window} seconds", *values.values()),
     ).fetchone()[0]
 
 
@@ -211,11 +212,16 @@ def record_failure(email, address):
 
 
 def is_throttled(email, address):
+    """Too many recent failures: of this client at this email (a password guessed), of
+    this client at any email (emails tried in turn), or at this email from anywhere (a
+    guess spread over many addresses). The first is the tight one, so a stranger's
+    failures at someone's email do not lock its owner out."""
     config = current_app.config
     window = config["LOGIN_WINDOW_SECONDS"]
     return (
-        recent("login_attempt", "email", email, window) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
-        or recent("login_attempt", "address", address, window) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
+        recent("login_attempt", window, email=email, address=address) >= config["LOGIN_MAX_FAILURES_PER_EMAIL_AND_ADDRESS"]
+        or recent("login_attempt", window, address=address) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
+        or recent("login_attempt", window, email=email) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
     )
 
 

@@ -241,7 +241,7 @@ def fail(app, email="owner@example.com", address="127.0.0.1", times=1):
     return response
 
 
-def test_throttled_per_email(app, client, auth):
+def test_throttled_per_email_and_address(app, client, auth):
     auth.signup()
     auth.logout()
     fail(app, times=5)
@@ -254,6 +254,25 @@ def test_throttled_per_email(app, client, auth):
     # Other emails are not affected.
     assert AuthActions(app.test_client()).signup(email="second@example.com").status_code == 302
     assert AuthActions(app.test_client()).login(email="second@example.com").status_code == 302
+
+
+def test_a_strangers_failures_do_not_lock_the_owner_out(app, auth):
+    auth.signup()
+    auth.logout()
+    fail(app, address="203.0.113.9", times=5)
+    assert auth.login(environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 429
+    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
+
+
+def test_throttled_per_email_from_anywhere(app, auth):
+    """A guess spread over many addresses still meets a limit, at the email."""
+    app.config["LOGIN_MAX_FAILURES_PER_EMAIL"] = 3
+    auth.signup()
+    auth.logout()
+    for n in range(3):
+        fail(app, address=f"203.0.113.{n}")
+    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 429
+    assert AuthActions(app.test_client()).signup(email="second@example.com").status_code == 302
 
 
 def test_throttled_per_address(app, auth):
