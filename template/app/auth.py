@@ -11,6 +11,7 @@ across workers and restarts.
 import functools
 import secrets
 import sqlite3
+import unicodedata
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -50,6 +51,12 @@ class PasswordForm(PostedForm):
     confirm = PasswordField(
         "Confirm new password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
     )
+
+
+def normal_email(email):
+    """The one spelling an email is stored and looked up in: lower-case, and Unicode's
+    compatibility forms folded (NFKC), so "Ann@ﬀ.example" is "ann@ff.example"."""
+    return unicodedata.normalize("NFKC", email).strip().lower()
 
 
 def hash_password(password):
@@ -161,7 +168,7 @@ def signup():
                 "auth/signup.html", window, "Too many sign-ups from your address.", form=form
             )
         record("app_signup", window, address=address)
-        email = form.email.data.strip().lower()
+        email = normal_email(form.email.data)
         password_hash = hash_password(form.password.data)
         db = get_db()
         try:
@@ -266,7 +273,7 @@ def login():
         return redirect(next_url or url_for("main.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        email = form.email.data.strip().lower()
+        email = normal_email(form.email.data)
         address = request.remote_addr or "unknown"  # the client's, thanks to ProxyFix
         if is_throttled(email, address):
             return too_many_failures("auth/login.html", form=form, next=next_url)

@@ -68,6 +68,17 @@ def test_spaces_around_the_email_are_ignored(app, client, auth):
     assert auth.login(email=" owner@example.com  ").status_code == 302
 
 
+def test_emails_are_one_spelling(app, client, auth):
+    """Upper case and Unicode compatibility forms (the "ﬀ" ligature) are the same email."""
+    assert auth.signup(email="Owner@Diﬀerent.example").status_code == 302
+    auth.logout()
+    assert auth.login(email="owner@different.example").status_code == 302
+    auth.logout()
+    assert auth.signup(email="OWNER@DIFFERENT.EXAMPLE", account="Someone else").status_code == 200
+    with app.app_context():
+        assert [r[0] for r in get_db().execute('SELECT "email" FROM "user"')] == ["owner@different.example"]
+
+
 def test_signup_with_existing_email(app, client, auth):
     auth.signup()
     auth.logout()
