@@ -140,7 +140,7 @@ def start_vertical(project: Project, slug: str, name: str | None) -> Started:
     app = project.app_dir(slug)
     if app.exists() or app.is_symlink():
         if not is_app(app):
-            raise VgenError(f"{project.shown(app)} exists and is not a vgen app: move it away")
+            raise VgenError(not_an_app(app, project.shown(app)))
         raise VgenError(f"{project.shown(app)} already exists: put its spec back at {project.shown(path)} "
                         f"and run vgen generate {slug}, or move the app away")
     display = display.strip()
@@ -263,7 +263,9 @@ def generate_one(job: Job) -> Outcome:
 def _dry_run(job: Job) -> Outcome:
     """Do the real work on a scratch copy of the app and report what it would change."""
     if job.app_dir.exists() and not is_app(job.app_dir):
-        return Outcome(job.slug, "failed", message=f"{job.app_dir} exists and is not a vgen app: move it away")
+        return Outcome(job.slug, "failed", message=not_an_app(job.app_dir))
+    if gitrepo.is_repo(job.app_dir):
+        gitrepo.check_repo(job.app_dir)  # named here, not as the scratch copy
     with tempfile.TemporaryDirectory(prefix=f"vgen-dry-{job.slug}-") as scratch:
         copy = Path(scratch) / job.slug
         if job.app_dir.exists():
@@ -330,10 +332,11 @@ def _update(job: Job) -> Outcome:
     if is_current(job):  # run() skips these before forking; direct callers rely on it
         return Outcome(job.slug, "unchanged")
     if not is_app(app):  # never git init, let alone commit, a folder vgen did not make
-        return Outcome(job.slug, "failed", message=f"{app} exists and is not a vgen app: move it away")
+        return Outcome(job.slug, "failed", message=not_an_app(app))
     if not gitrepo.is_repo(app):
         gitrepo.init(app)
         gitrepo.commit_all(app, "Existing app, committed by vgen before its first regeneration")
+    gitrepo.check_repo(app)
     original = gitrepo.head(app)
     tpl = render.template(job.root, job.commit)
     with tempfile.TemporaryDirectory(prefix=f"vgen-{job.slug}-") as scratch:
@@ -400,6 +403,32 @@ def is_app(path: Path) -> bool:
     """True when the folder is an app made from the template (by vgen or plain copier):
     its .copier-answers.yml names the template commit it was rendered from."""
     return bool(recorded_answers(path).get("_commit"))
+
+
+def not_an_app(app: Path, shown: str | None = None) -> str:
+    """Why vgen will not touch the folder at app (is_app is False): its answers file is
+    damaged, or it was not made from the template at all."""
+    shown = shown or str(app)
+    path = app / ".copier-answers.yml"
+    try:
+        yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError:
+        pass
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        return (f"{shown}/.copier-answers.yml is damaged ({_yaml_problem(exc)}), so vgen cannot tell "
+                "which template commit and answers the app was made from: repair it, for example "
+                f"from the last rendering: git -C {shown} checkout {TEMPLATE_BRANCH} -- .copier-answers.yml")
+    return f"{shown} exists and is not a vgen app: move it away"
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML or decoding error in one line: what is wrong, and where."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML: {problem}{where}"
 
 
 def is_current(job: Job) -> bool:

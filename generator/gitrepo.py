@@ -31,6 +31,21 @@ def is_repo(path: Path) -> bool:
     return (Path(path) / ".git").exists()
 
 
+def check_repo(repo: Path) -> None:
+    """Raise VgenError, in git's own words, when repo/.git is not a repository git can
+    use (a missing HEAD, say). Checked with GIT_DIR set, so that git never takes a
+    repository around the app (the project's, when apps/ is inside it) for the app's."""
+    result = subprocess.run(
+        ["git", "rev-parse", "--git-dir"], cwd=repo, capture_output=True, text=True,
+        env=dict(os.environ, GIT_DIR=str(Path(repo) / ".git")),
+    )
+    if result.returncode != 0:
+        said = " ".join(result.stderr.split()) or f"exit status {result.returncode}"
+        raise VgenError(f"{repo}: its git repository is damaged (git: {said}); vgen will not update it: "
+                        f"repair {Path(repo) / '.git'}, or move the app away, generate it anew "
+                        "and bring back its instance/ data and your hand edits")
+
+
 def init(repo: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
 
@@ -105,7 +120,13 @@ def commit_tree_onto(repo: Path, branch: str, folder: Path, message: str) -> str
     missing), without touching the repository's working tree or index."""
     env = dict(os.environ, GIT_INDEX_FILE=str(Path(folder).parent / f".{Path(folder).name}.index"),
                GIT_WORK_TREE=str(folder), GIT_DIR=str(Path(repo) / ".git"))
-    run = lambda *args: subprocess.run(["git", *args], env=env, capture_output=True, text=True, check=True).stdout  # noqa: E731
+
+    def run(*args: str) -> str:
+        result = subprocess.run(["git", *args], env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise VgenError(f"{repo}: git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
     run("add", "-A", "--force", ".")
     tree = run("write-tree").strip()
     parent = git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip()

@@ -324,3 +324,44 @@ fields = [{{ name = "day", type = "date" }}]
     assert outcome.status == "conflict"
     assert outcome.files == ["app/visit.py"]
     assert snapshot(app) == before
+
+
+def test_a_damaged_app_repository_is_named_with_gits_words(project):
+    """rm .git/HEAD: git no longer sees a repository there. vgen says so, in git's own
+    words, and never runs git in a repository around the app (here: the project's)."""
+    from generator.project import Project
+
+    inside = Project(root=project.root, out=project.root / "apps")  # git-ignored there
+    write_spec(inside, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    assert run_cli(inside, "generate", "alpha").exit_code == 0
+    app = inside.app_dir("alpha")
+    (app / ".git/HEAD").unlink()
+    path = inside.spec_path("alpha")
+    path.write_text(path.read_text().replace('name = "Alpha"', 'name = "Alpha Two"'))
+    project_before = snapshot(project.root)
+    for extra in ([], ["--dry-run"]):
+        result = run_cli(inside, "generate", "alpha", *extra)
+        assert result.exit_code == 1, result.output
+        assert f"failed (alpha): {app}: its git repository is damaged (git: fatal: not a git repository: " in result.output
+        assert "returned non-zero exit status" not in result.output
+        assert snapshot(project.root) == project_before
+
+
+def test_a_damaged_answers_file_is_named(project):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    (app / ".copier-answers.yml").write_text("_commit: abc\nslug: [alpha\n")
+    git(app, "commit", "-qam", "a bad edit")
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('name = "Alpha"', 'name = "Alpha Two"'))
+    for extra in ([], ["--dry-run"]):
+        result = run_cli(project, "generate", "alpha", *extra)
+        assert result.exit_code == 1, result.output
+        assert f"failed (alpha): {app}/.copier-answers.yml is damaged (not valid YAML: " in result.output
+        assert " at line 3, column 1), so vgen cannot tell which template commit" in result.output
+        assert f"git -C {app} checkout vgen/template -- .copier-answers.yml" in result.output
+        assert "not a vgen app" not in result.output
+    # The advice works.
+    git(app, "checkout", "vgen/template", "--", ".copier-answers.yml")
+    assert generate(project, ["alpha"])["alpha"].status == "updated"
