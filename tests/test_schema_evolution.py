@@ -786,3 +786,69 @@ def run_property(migrate_module, tmp_path):
     check()
     print(sorted(outcomes.items()))
     assert outcomes  # steps did run
+
+
+# -- removed entities, changed refs, renames that meet kept data -------------------
+
+YARDS = {
+    "slug": "yards",
+    "name": "Yards",
+    "entities": [
+        {"name": "yard", "fields": [{"name": "name", "type": "string", "required": True}]},
+        {"name": "barn", "fields": [{"name": "label", "type": "string", "required": True}]},
+        {"name": "hive", "fields": [
+            {"name": "name", "type": "string", "required": True},
+            {"name": "yard", "type": "ref", "to": "yard", "on_delete": "cascade"},
+        ]},
+    ],
+}
+
+
+def yards_app(project):
+    """The yards app migrated, with two accounts: Acme's yards 1-2 and hives h1 (yard 1)
+    and h2 (yard 2); Evil's barns 1-3. Returns (app, data, db_path)."""
+    write_spec(project, "yards", tomlkit.dumps(YARDS))
+    generate(project, ["yards"])
+    app, data = project.app_dir("yards"), project.app_dir("yards") / "instance"
+    db_path = data / "yards.db"
+    assert flask_migrate(app, data).returncode == 0
+    db = open_db(db_path)
+    db.executescript(
+        """
+        INSERT INTO account (id, name) VALUES (1, 'Acme'), (2, 'Evil');
+        INSERT INTO yard (account_id, name, created_at, updated_at) VALUES (1, 'Y1', 't', 't'), (1, 'Y2', 't', 't');
+        INSERT INTO hive (account_id, name, yard, created_at, updated_at) VALUES (1, 'h1', 1, 't', 't'), (1, 'h2', 2, 't', 't');
+        INSERT INTO barn (account_id, label, created_at, updated_at) VALUES
+          (2, 'EVIL SECRET BARN 1', 't', 't'), (2, 'EVIL SECRET BARN 2', 't', 't'), (2, 'EVIL SECRET BARN 3', 't', 't');
+        """
+    )
+    db.commit()
+    db.close()
+    return app, data, db_path
+
+
+def test_a_removed_entity_keeps_its_rows_when_live_records_are_deleted(project):
+    app, data, db_path = yards_app(project)
+    spec = copy.deepcopy(YARDS)
+    spec["entities"] = [e for e in spec["entities"] if e["name"] != "hive"]
+    regenerate(project, "yards", spec)
+    result = flask_migrate(app, data)
+    assert result.returncode == 0, result.stderr
+    assert 'rebuilt kept table "hive" (2 rows) without its references to "yard"' in result.stdout
+    assert 'table "hive" (2 rows) is no longer in the spec; its data is kept' in result.stdout
+    db = open_db(db_path)  # foreign keys on, as in the app
+    db.execute("DELETE FROM yard WHERE id = 1")  # what POST /yards/1/delete does
+    db.commit()
+    assert db.execute("SELECT name, yard FROM hive ORDER BY id").fetchall() == [("h1", 1), ("h2", 2)]
+    db.close()
+    assert_sound(db_path)
+    # The backup migrate took first holds "hive" with its old references: it restores.
+    backup = result.stdout.split("Backup taken before migrating: ")[1].split()[0]
+    restored = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "restore", backup], cwd=app,
+                              env=app_env(app, data), capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    assert 'rebuilt kept table "hive"' in restored.stdout
+    db = open_db(db_path)
+    assert db.execute("SELECT name FROM yard ORDER BY id").fetchall() == [("Y1",), ("Y2",)]
+    assert db.execute("SELECT name, yard FROM hive ORDER BY id").fetchall() == [("h1", 1), ("h2", 2)]
+    db.close()

@@ -181,3 +181,54 @@ def test_a_backup_is_taken_before_existing_data_changes(app, db, monkeypatch):
     copy = sqlite3.connect(result.backup)
     assert copy.execute('SELECT "amount" FROM "app_note" ORDER BY "id"').fetchall() == [(12,), (None,), (7,)]
     copy.close()
+
+
+YARD_AND_HIVE = """
+CREATE TABLE IF NOT EXISTS "note_yard" (
+  "id" INTEGER PRIMARY KEY,
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE
+) STRICT;
+CREATE TABLE IF NOT EXISTS "note_hive" (
+  "id" INTEGER PRIMARY KEY,
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
+  "yard" INTEGER REFERENCES "note_yard"("id") ON DELETE {on_delete},
+  "name" TEXT NOT NULL,
+  UNIQUE ("account_id", "name")
+) STRICT;
+CREATE INDEX IF NOT EXISTS "note_hive(yard)" ON "note_hive" ("yard");
+"""
+
+
+@pytest.mark.parametrize("on_delete", ["CASCADE", "NO ACTION", "SET NULL"])
+def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
+    """Remove the note_hive entity: its table is kept, and deleting a yard it refers to
+    neither deletes the hives, nor empties their yard, nor is refused because of them."""
+    conn = connect(app.config["DATABASE"])
+    yard = {"renamed_from": None, "fields": {}}
+    hive = {"renamed_from": None, "fields": {
+        "yard": {"type": "ref", "places": None, "to": "note_yard", "renamed_from": None},
+        "name": {"type": "string", "places": None, "to": None, "renamed_from": None}}}
+    migrate.migrate(conn, read_schema() + YARD_AND_HIVE.format(on_delete=on_delete),
+                    {**migrate.ENTITIES, "note_yard": yard, "note_hive": hive})
+    conn.execute("INSERT INTO account (name) VALUES ('Acme')")
+    conn.executemany('INSERT INTO "note_yard" ("account_id") VALUES (1)', [(), ()])
+    conn.executemany('INSERT INTO "note_hive" ("account_id", "yard", "name") VALUES (1, ?, ?)', [(1, "h1"), (2, "h2")])
+    conn.commit()
+    before = conn.execute('SELECT * FROM "note_hive" ORDER BY "id"').fetchall()
+
+    result = migrate.migrate(conn, read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0],
+                             {**migrate.ENTITIES, "note_yard": yard})
+    assert 'rebuilt kept table "note_hive" (2 rows) without its references to "note_yard": changes there no longer touch its rows' in result.steps
+    assert result.touches_data
+    assert conn.execute('SELECT * FROM "note_hive" ORDER BY "id"').fetchall() == before
+    assert [r[2] for r in conn.execute('PRAGMA foreign_key_list("note_hive")')] == ["account"]
+    indexes = {r[1] for r in conn.execute('PRAGMA index_list("note_hive")')}
+    assert "note_hive(yard)" in indexes
+    conn.execute('DELETE FROM "note_yard" WHERE "id" = 1')  # foreign keys are on, as in the app
+    conn.commit()
+    assert conn.execute('SELECT * FROM "note_hive" ORDER BY "id"').fetchall() == before
+    assert migrate.migrate(conn, read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0],
+                           {**migrate.ENTITIES, "note_yard": yard}).steps == []  # done once
+    conn.execute('DELETE FROM "account"')  # deleting an account still deletes its kept rows
+    assert conn.execute('SELECT count(*) FROM "note_hive"').fetchone()[0] == 0
+    conn.close()
