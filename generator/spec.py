@@ -165,6 +165,18 @@ class Vertical:
     def entity(self, name: str) -> Entity:
         return next(e for e in self.entities if e.name == name)
 
+    def capacity(self, entity: Entity, seen: frozenset[str] = frozenset()) -> int | None:
+        """Entity.capacity, bounded by unique refs too: each record then points at a
+        record of its own of the target, so there are no more records than targets."""
+        limits = [] if entity.capacity is None else [entity.capacity]
+        seen = seen | {entity.name}
+        for f in entity.fields:
+            if f.type == "ref" and f.unique and f.to not in seen:
+                target = self.capacity(self.entity(f.to), seen)
+                if target is not None:
+                    limits.append(target)
+        return min(limits) if limits else None
+
     def answers(self, port: int) -> dict:
         """The data copier renders this vertical from (docs/template-data.md)."""
         modules = {e.name: e.module for e in self.entities}
@@ -191,7 +203,7 @@ class Vertical:
                 "name": e.name, "module": e.module, "class_name": e.class_name,
                 "label": e.label, "plural": e.plural, "plural_label": e.plural_label,
                 "url": e.url, "title_field": e.title_field, "list": list(e.list),
-                "search": list(e.search), "renamed_from": e.renamed_from, "capacity": e.capacity,
+                "search": list(e.search), "renamed_from": e.renamed_from, "capacity": self.capacity(e),
                 "referenced_by": referenced_by, "fields": fields,
             })
         hour, minute = backup_time(self.slug)

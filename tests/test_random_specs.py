@@ -42,7 +42,7 @@ def random_field(rng: random.Random, name: str, entities: list[str]) -> str:
     else:
         if required:
             parts.append("required = true")
-        if ftype not in ("text", "ref") and rng.random() < 0.2:
+        if ftype != "text" and rng.random() < 0.2:
             parts.append("unique = true")
     if rng.random() < 0.3:
         parts.append(f"label = {toml_str(rng.choice(TEXTS))}")

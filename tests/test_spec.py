@@ -410,3 +410,32 @@ def test_capacity_is_the_smallest_unique_domain(tmp_path):
     assert vertical.entity("item").capacity == 2
     assert vertical.entity("box").capacity is None
     assert vertical.answers(8100)["entities"][0]["capacity"] == 2
+
+
+def test_capacity_follows_unique_refs(tmp_path):
+    """One badge per holder: no more badges than holders, through chains and cycles."""
+    path = write(tmp_path, """slug = "shop"
+name = "Shop"
+
+[[entities]]
+name = "holder"
+fields = [{ name = "slot", type = "integer", min = 1, max = 3, unique = true }]
+
+[[entities]]
+name = "badge"
+fields = [
+  { name = "holder", type = "ref", to = "holder", required = true, unique = true },
+  { name = "next", type = "ref", to = "badge", unique = true },
+]
+
+[[entities]]
+name = "pin"
+fields = [{ name = "badge", type = "ref", to = "badge", unique = true }, { name = "any", type = "ref", to = "holder" }]
+
+[[entities]]
+name = "free"
+fields = [{ name = "holder", type = "ref", to = "holder" }]
+""")
+    vertical = spec.load_vertical(path)
+    capacities = {e["name"]: e["capacity"] for e in vertical.answers(8100)["entities"]}
+    assert capacities == {"holder": 3, "badge": 3, "pin": 3, "free": None}
