@@ -594,7 +594,8 @@ def entity_meanings(vertical: specs.Vertical) -> dict:
     """What the template writes as ENTITIES in app/migrate.py."""
     return {
         e.name: {"renamed_from": e.renamed_from, "fields": {
-            f.name: {"type": f.type, "places": f.places, "renamed_from": f.renamed_from} for f in e.fields}}
+            f.name: {"type": f.type, "places": f.places, "to": f.to, "renamed_from": f.renamed_from}
+            for f in e.fields}}
         for e in vertical.entities
     }
 
@@ -648,8 +649,9 @@ def run_property(migrate_module, tmp_path):
                 for f in fields:
                     if f["type"] == "boolean":
                         row[f["name"]] = data.draw(st.sampled_from([0, 1]))
-                    elif f["type"] == "ref":
-                        row[f["name"]] = data.draw(st.sampled_from([None, *model["thing"]]))
+                    elif f["type"] == "ref":  # as the app does: a row of the same account
+                        row[f["name"]] = data.draw(st.sampled_from([None, *(
+                            id for id, thing in model["thing"].items() if thing["account_id"] == row["account_id"])]))
                     else:
                         row[f["name"]] = data.draw(st.one_of(st.none(), ROW_VALUES[f["name"]]))
                 columns = [*row, "created_at", "updated_at"]
@@ -852,3 +854,28 @@ def test_a_removed_entity_keeps_its_rows_when_live_records_are_deleted(project):
     assert db.execute("SELECT name FROM yard ORDER BY id").fetchall() == [("Y1",), ("Y2",)]
     assert db.execute("SELECT name, yard FROM hive ORDER BY id").fetchall() == [("h1", 1), ("h2", 2)]
     db.close()
+
+
+def test_a_ref_given_another_target_is_refused_and_never_shows_another_account(project):
+    """hive.yard made a ref to barn: the stored ids are yards' and would show Evil's barns
+    to Acme. Refused with the rows; with the values emptied first, it goes through."""
+    app, data, db_path = yards_app(project)
+    spec = copy.deepcopy(YARDS)
+    next(f for f in spec["entities"][2]["fields"] if f["name"] == "yard")["to"] = "barn"
+    regenerate(project, "yards", spec)
+    before = db_bytes(db_path)
+    result = flask_migrate(app, data)
+    assert result.returncode == 1, result.stdout
+    assert '"hive"."yard" now refers to "barn" instead of "yard": its 2 values are ids of "yard" rows' in result.stderr
+    assert '"hive" id 1: "yard" = 1 is the id of a "yard" row, not of a "barn" row' in result.stderr
+    assert '"hive" id 2: "yard" = 2 is the id of a "yard" row, not of a "barn" row' in result.stderr
+    assert db_bytes(db_path) == before
+
+    db = open_db(db_path)
+    db.execute("UPDATE hive SET yard = NULL")
+    db.commit()
+    db.close()
+    result = flask_migrate(app, data)
+    assert result.returncode == 0, result.stderr
+    assert 'converted "yard" from ref to "yard" to ref to "barn"' in result.stdout
+    assert_sound(db_path)

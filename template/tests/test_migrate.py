@@ -232,3 +232,78 @@ def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
     conn.execute('DELETE FROM "account"')  # deleting an account still deletes its kept rows
     assert conn.execute('SELECT count(*) FROM "note_hive"').fetchone()[0] == 0
     conn.close()
+
+
+def yard_barn_hive(ref):
+    """note_yard, note_barn and note_hive, whose "yard" column is `ref`: (schema, ENTITIES)."""
+    schema = read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0] + """
+CREATE TABLE IF NOT EXISTS "note_barn" (
+  "id" INTEGER PRIMARY KEY,
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE
+) STRICT;
+CREATE TABLE IF NOT EXISTS "note_hive" (
+  "id" INTEGER PRIMARY KEY,
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
+  "yard" INTEGER""" + (f' REFERENCES "{ref}"("id") ON DELETE CASCADE' if ref else "") + """
+) STRICT;
+"""
+    field = {"type": "ref", "places": None, "to": ref, "renamed_from": None} if ref else \
+        {"type": "integer", "places": None, "to": None, "renamed_from": None}
+    plain = {"renamed_from": None, "fields": {}}
+    return schema, {**migrate.ENTITIES, "note_yard": plain, "note_barn": plain,
+                    "note_hive": {"renamed_from": None, "fields": {"yard": field}}}
+
+
+@pytest.fixture
+def yards(app):
+    """Acme (account 1): yards 1-2, hives 1-2 in them, hive 3 in none; Evil (account 2): barns 1-3."""
+    conn = connect(app.config["DATABASE"])
+    migrate.migrate(conn, *yard_barn_hive("note_yard"))
+    conn.execute("INSERT INTO account (name) VALUES ('Acme'), ('Evil')")
+    conn.executemany('INSERT INTO "note_yard" ("account_id") VALUES (1)', [(), ()])
+    conn.executemany('INSERT INTO "note_barn" ("account_id") VALUES (2)', [(), (), ()])
+    conn.executemany('INSERT INTO "note_hive" ("account_id", "yard") VALUES (1, ?)', [(1,), (2,), (None,)])
+    conn.commit()
+    yield conn
+    conn.close()
+
+
+def test_a_ref_given_another_target_is_refused_with_its_rows(app, yards):
+    path = app.config["DATABASE"]
+    yards.close()
+    before = file_hash(path)
+    conn = connect(path)
+    with pytest.raises(migrate.MigrationRefused) as refused:
+        migrate.migrate(conn, *yard_barn_hive("note_barn"))
+    conn.close()
+    assert refused.value.problems[:3] == [
+        '"note_hive"."yard" now refers to "note_barn" instead of "note_yard": its 2 values are ids of '
+        '"note_yard" rows and would point at unrelated "note_barn" rows. Keep to = "note_yard", or give '
+        'the new ref field another name (the old column is then kept with its data), or empty "yard" in '
+        "these rows first:",
+        '"note_hive" id 1: "yard" = 1 is the id of a "note_yard" row, not of a "note_barn" row',
+        '"note_hive" id 2: "yard" = 2 is the id of a "note_yard" row, not of a "note_barn" row',
+    ]
+    assert file_hash(path) == before
+
+
+def test_a_ref_given_another_target_with_no_values_is_converted(yards):
+    yards.execute('UPDATE "note_hive" SET "yard" = NULL')
+    yards.commit()
+    result = migrate.migrate(yards, *yard_barn_hive("note_barn"))
+    assert result.steps == ['rebuilt table "note_hive" (3 rows): converted "yard" from ref to "note_yard" to ref to "note_barn"']
+    assert [r[2] for r in yards.execute('PRAGMA foreign_key_list("note_hive")')] == ["note_barn", "account"]
+
+
+def test_a_ref_to_a_row_of_another_account_is_refused(app, yards):
+    """An integer column made a ref: its values must be ids of the same account's rows."""
+    migrate.migrate(yards, *yard_barn_hive(None))  # "yard" is a plain integer now
+    yards.execute('UPDATE "note_hive" SET "yard" = 3 WHERE "id" = 2')  # no yard 3: a barn of Evil's
+    yards.commit()
+    with pytest.raises(migrate.MigrationRefused) as refused:
+        migrate.migrate(yards, *yard_barn_hive("note_barn"))
+    assert refused.value.problems == [
+        '"note_hive" id 1: "yard" = 1 refers to a "note_barn" row of another account (account 2; this row\'s is 1)',
+        '"note_hive" id 2: "yard" = 3 refers to a "note_barn" row of another account (account 2; this row\'s is 1)',
+    ]
+    assert [tuple(r) for r in yards.execute('SELECT "yard" FROM "note_hive" ORDER BY "id"')] == [(1,), (3,), (None,)]
