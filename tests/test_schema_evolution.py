@@ -879,3 +879,57 @@ def test_a_ref_given_another_target_is_refused_and_never_shows_another_account(p
     assert result.returncode == 0, result.stderr
     assert 'converted "yard" from ref to "yard" to ref to "barn"' in result.stdout
     assert_sound(db_path)
+
+
+def test_a_rename_onto_kept_data_is_refused_until_that_data_is_dropped(project):
+    app, data, db_path = yards_app(project)
+    spec = copy.deepcopy(YARDS)
+    yard = spec["entities"][0]
+    yard["fields"].append({"name": "code", "type": "string"})
+    regenerate(project, "yards", spec)
+    assert flask_migrate(app, data).returncode == 0
+    db = open_db(db_path)
+    db.execute("UPDATE yard SET code = 'stale ' || id")
+    db.commit()
+    db.close()
+    yard["fields"].pop()  # "code" removed: kept with its data
+    regenerate(project, "yards", spec)
+    assert flask_migrate(app, data).returncode == 0
+
+    yard["fields"][0].update(name="code", renamed_from="name")
+    regenerate(project, "yards", spec)
+    before = db_bytes(db_path)
+    result = flask_migrate(app, data)
+    assert result.returncode == 1, result.stdout
+    assert ('"yard"."name" cannot be renamed to "code" (renamed_from): the table already has a column "code" '
+            "that the spec no longer has, kept with its data.") in result.stderr
+    assert db_bytes(db_path) == before
+
+    result = flask_migrate(app, data, "--drop-removed")
+    assert result.returncode == 0, result.stderr
+    db = open_db(db_path)
+    assert db.execute("SELECT code FROM yard ORDER BY id").fetchall() == [("Y1",), ("Y2",)]
+    assert "name" not in [r[1] for r in db.execute('PRAGMA table_info("yard")')]
+    db.close()
+    assert_sound(db_path)
+
+
+def test_a_field_renamed_twice_between_migrations_is_refused(project):
+    app, data, db_path = yards_app(project)
+    spec = copy.deepcopy(YARDS)
+    label = spec["entities"][1]["fields"][0]
+    label.update(name="label2", renamed_from="label")
+    regenerate(project, "yards", spec)
+    label.update(name="label3", renamed_from="label2")  # no migrate in between
+    regenerate(project, "yards", spec)
+    before = db_bytes(db_path)
+    result = flask_migrate(app, data)
+    assert result.returncode == 1, result.stdout
+    assert ('"barn"."label3" is renamed_from "label2", but the table has no column "label2" (nor "label3"); '
+            'it has "label", which the spec no longer has.') in result.stderr
+    assert db_bytes(db_path) == before
+    label["renamed_from"] = "label"  # as the message says
+    regenerate(project, "yards", spec)
+    result = flask_migrate(app, data)
+    assert result.returncode == 0, result.stderr
+    assert 'renamed column "barn"."label" to "label3"' in result.stdout

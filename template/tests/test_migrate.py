@@ -307,3 +307,91 @@ def test_a_ref_to_a_row_of_another_account_is_refused(app, yards):
         '"note_hive" id 2: "yard" = 3 refers to a "note_barn" row of another account (account 2; this row\'s is 1)',
     ]
     assert [tuple(r) for r in yards.execute('SELECT "yard" FROM "note_hive" ORDER BY "id"')] == [(1,), (3,), (None,)]
+
+
+def refused(app, schema, fields, **options):
+    """The MigrationRefused of migrating to schema; asserts the database file is unchanged."""
+    path = app.config["DATABASE"]
+    before = file_hash(path)
+    conn = connect(path)
+    try:
+        with pytest.raises(migrate.MigrationRefused) as refusal:
+            migrate.migrate(conn, schema, fields, **options)
+    finally:
+        conn.close()
+    assert file_hash(path) == before
+    return str(refusal.value)
+
+
+def test_a_rename_onto_a_kept_column_is_refused_until_it_is_dropped(app, db):
+    """"amount" removed (kept), then "title" renamed to "amount": the app must not show
+    the old amounts, nor hide the titles in a column that --drop-removed deletes."""
+    migrate.migrate(db, note_schema(['"title" TEXT']), entities({"title": ("string", None, None)}))
+    db.close()
+    schema = note_schema(['"amount" TEXT'])
+    fields = entities({"amount": ("string", None, "title")})
+    message = refused(app, schema, fields)
+    assert "A rename (renamed_from) cannot be done as the spec says:" in message
+    assert ('"app_note"."title" cannot be renamed to "amount" (renamed_from): the table already has a column '
+            '"amount" that the spec no longer has, kept with its data. Drop it and its data with '
+            "`flask --app app migrate --drop-removed`") in message
+    assert 'ALTER TABLE "app_note" DROP COLUMN "amount"' in message
+
+    conn = connect(app.config["DATABASE"])
+    result = migrate.migrate(conn, schema, fields, drop_removed=True)
+    assert result.steps[:2] == [
+        'set "app_note"."amount" (no longer in the spec, in the way of a rename) aside to drop it',
+        'renamed column "app_note"."title" to "amount"',
+    ]
+    assert notes(conn, '"amount"') == [("one",), ("two",), ("two",)]
+    assert list(migrate.column_types(conn, "app_note")) == ["id", "account_id", "amount"]
+    conn.close()
+
+
+def test_a_field_renamed_twice_before_migrate_is_refused(app, db):
+    """title -> t2 -> t3, with no migrate in between: renamed_from "t2" names no column."""
+    db.close()
+    message = refused(app, note_schema(['"amount" INTEGER', '"t3" TEXT']),
+                      entities({"amount": ("integer", None, None), "t3": ("string", None, "t2")}))
+    assert ('"app_note"."t3" is renamed_from "t2", but the table has no column "t2" (nor "t3"); it has '
+            '"title", which the spec no longer has. If "t3" holds the data of one of these (renamed more '
+            'than once since the last migrate), set renamed_from to that name; if "t3" is a new field, '
+            "remove its renamed_from") in message
+
+
+def two_notes(app):
+    """note_a (two rows) and note_b (one row), then note_b removed from the spec (kept)."""
+    conn = connect(app.config["DATABASE"])
+    both = note_schema(['"title" TEXT'], table="note_a") + NOTE.format(table="note_b", columns='"title" TEXT')
+    title = {"title": ("string", None, None)}
+    migrate.migrate(conn, both, {**entities(title, "note_a"), "note_b": entities(title)["app_note"]})
+    conn.execute("INSERT INTO account (name) VALUES ('Acme')")
+    conn.executescript("""INSERT INTO "note_a" ("account_id", "title") VALUES (1, 'a1'), (1, 'a2');
+                          INSERT INTO "note_b" ("account_id", "title") VALUES (1, 'old b');""")
+    migrate.migrate(conn, note_schema(['"title" TEXT'], table="note_a"), entities(title, "note_a"))
+    conn.close()
+
+
+def test_an_entity_rename_onto_a_kept_table_is_refused_until_it_is_dropped(app):
+    two_notes(app)
+    schema = note_schema(['"title" TEXT'], table="note_b")
+    fields = entities({"title": ("string", None, None)}, "note_b", "note_a")
+    message = refused(app, schema, fields)
+    assert ('table "note_a" cannot be renamed to "note_b" (renamed_from): a table "note_b" that the spec no '
+            "longer has is still there, kept with its 1 rows.") in message
+    assert 'by hand (DROP TABLE "note_b")' in message
+
+    conn = connect(app.config["DATABASE"])
+    result = migrate.migrate(conn, schema, fields, drop_removed=True)
+    assert result.steps[:2] == ['dropped table "note_b" and its 1 rows (no longer in the spec, in the way of a rename)',
+                                'renamed table "note_a" to "note_b"']
+    assert [tuple(r) for r in conn.execute('SELECT "title" FROM "note_b" ORDER BY "id"')] == [("a1",), ("a2",)]
+    conn.close()
+
+
+def test_an_entity_renamed_twice_before_migrate_is_refused(app):
+    two_notes(app)
+    message = refused(app, note_schema(['"title" TEXT'], table="note_c"),
+                      entities({"title": ("string", None, None)}, "note_c", "note_x"))
+    assert ('entity "note_c" is renamed_from "note_x", but the database has no table "note_x" (nor "note_c"); '
+            'it has "note_a", "note_b", which the spec no longer has.') in message
