@@ -404,7 +404,9 @@ def test_impossible_migrations_are_refused_with_rows_listed_and_nothing_changed(
 
     cases = [
         # NOT NULL without a default over NULL rows
-        (lambda s: field(s, "batch", "notes").update(required=True), "NOT NULL constraint failed: batch.notes"),
+        (lambda s: field(s, "batch", "notes").update(required=True),
+         "NOT NULL constraint failed: batch.notes (notes=None): required now: fill the empty values first, "
+         "or give the field a `default` in the spec"),
         # unique over duplicates
         (lambda s: field(s, "customer", "name").update(unique=True),
          "UNIQUE constraint failed: customer.account_id, customer.name"),

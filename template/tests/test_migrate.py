@@ -395,3 +395,23 @@ def test_an_entity_renamed_twice_before_migrate_is_refused(app):
                       entities({"title": ("string", None, None)}, "note_c", "note_x"))
     assert ('entity "note_c" is renamed_from "note_x", but the database has no table "note_x" (nor "note_c"); '
             'it has "note_a", "note_b", which the spec no longer has.') in message
+
+
+def test_a_refusal_lists_every_problem_of_every_row_at_once(app, db):
+    """A CHECK, a new required field without a default and a new UNIQUE, all broken:
+    one run lists them all, so the spec is fixed in one round."""
+    db.close()
+    message = refused(app, note_schema([
+        '"amount" INTEGER CHECK ("amount" > 10)', '"title" TEXT CHECK ("title" IN (\'one\'))',
+        '"done" INTEGER NOT NULL', 'UNIQUE ("account_id", "title")']),
+        entities({"amount": ("integer", None, None), "title": ("string", None, None), "done": ("boolean", None, None)}))
+    hint = "a new required field: give it a `default` in the spec, which fills the existing rows"
+    assert message.splitlines()[1:] == [
+        f'  "app_note" id 1: NOT NULL constraint failed: app_note.done: {hint}',
+        f'  "app_note" id 2: NOT NULL constraint failed: app_note.done: {hint}',
+        '  "app_note" id 2: CHECK constraint failed: title (title=\'two\')',
+        f'  "app_note" id 3: NOT NULL constraint failed: app_note.done: {hint}',
+        '  "app_note" id 3: CHECK constraint failed: amount (amount=7)',
+        '  "app_note" id 3: CHECK constraint failed: title (title=\'two\')',
+        '  "app_note" ids 2, 3: same account_id=1, title=\'two\' (UNIQUE constraint of the new schema)',
+    ]
