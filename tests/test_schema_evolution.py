@@ -935,3 +935,27 @@ def test_a_field_renamed_twice_between_migrations_is_refused(project):
     result = flask_migrate(app, data)
     assert result.returncode == 0, result.stderr
     assert 'renamed column "barn"."label" to "label3"' in result.stdout
+
+
+def test_the_backup_taken_before_an_entity_rename_restores(project):
+    """It holds the table under its old name: restore renames it, as migrate did."""
+    app, data, db_path = yards_app(project)
+    spec = copy.deepcopy(YARDS)
+    spec["entities"][1].update(name="shed", renamed_from="barn")
+    regenerate(project, "yards", spec)
+    result = flask_migrate(app, data)
+    assert result.returncode == 0, result.stderr
+    assert 'renamed table "barn" to "shed"' in result.stdout
+    backup = result.stdout.split("Backup taken before migrating: ")[1].split()[0]
+    db = open_db(db_path)
+    db.execute("DELETE FROM shed")
+    db.commit()
+    db.close()
+    restored = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "restore", backup], cwd=app,
+                              env=app_env(app, data), capture_output=True, text=True)
+    assert restored.returncode == 0, restored.stderr
+    assert 'renamed table "barn" to "shed"' in restored.stdout
+    db = open_db(db_path)
+    assert [r[0] for r in db.execute("SELECT label FROM shed ORDER BY id")] == [
+        "EVIL SECRET BARN 1", "EVIL SECRET BARN 2", "EVIL SECRET BARN 3"]
+    db.close()

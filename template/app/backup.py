@@ -449,7 +449,7 @@ def prepare(file, candidate, expected_tables, page_size, live=None):
         try:
             steps = migrate.migrate(db, read_schema()).steps
         except migrate.MigrationRefused as e:
-            raise BackupError(f"its rows do not fit this app's schema: {'; '.join(e.problems[:5])}") from e
+            raise BackupError(f"it cannot be brought to this app's schema: {'; '.join(e.problems[:5])}") from e
         db.execute("PRAGMA journal_mode = DELETE")
     finally:
         db.close()
