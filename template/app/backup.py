@@ -67,8 +67,7 @@ def backup_command():
     if result["error"]:
         raise click.ClickException(result["error"])
     click.echo(
-        f"Backup verified: {result['file']} ({result['size']} bytes, "
-        f"{sum(result['tables'].values())} rows in {len(result['tables'])} tables)"
+        f"Backup verified: {result['file']} ({result['size']} bytes, {rows_in(result['tables'])})"
     )
     if result["removed"]:
         click.echo(f"Rotation removed {len(result['removed'])} old backup(s).")
@@ -89,12 +88,15 @@ def restore_command(file):
         raise click.ClickException(str(e))
     if result["safety_backup"]:
         click.echo(f"Saved the current database as {result['safety_backup']}")
-    click.echo(
-        f"Restored {file} ({sum(result['tables'].values())} rows in "
-        f"{len(result['tables'])} tables)."
-    )
+    click.echo(f"Restored {file} ({rows_in(result['tables'])}).")
     if result["migrated"]:
         click.echo("Brought it to this app's schema first: " + "; ".join(result["migrated"]) + ".")
+
+
+def rows_in(tables):
+    """{table: rows} -> "1 row in 11 tables"."""
+    rows = sum(tables.values())
+    return f"{rows} row{'' if rows == 1 else 's'} in {len(tables)} table{'' if len(tables) == 1 else 's'}"
 
 
 def backup_dir():
@@ -450,11 +452,15 @@ def prepare(file, candidate, expected_tables, page_size, live=None):
             steps = migrate.migrate(db, read_schema()).steps
         except migrate.MigrationRefused as e:
             raise BackupError(f"it cannot be brought to this app's schema: {'; '.join(e.problems[:5])}") from e
+        # Logins are not restored: a session ended since the backup (a logout, a
+        # password change) must stay ended. Everyone logs in again.
+        with db:
+            ended = db.execute('DELETE FROM "app_session"').rowcount
         db.execute("PRAGMA journal_mode = DELETE")
     finally:
         db.close()
-    if steps:
-        counts = verify(candidate)  # the migrated copy, checked again
+    if steps or ended:
+        counts = verify(candidate)  # the changed copy, checked again
     return counts, steps
 
 

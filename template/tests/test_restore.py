@@ -99,3 +99,25 @@ def test_another_apps_database_is_still_refused(app, tmp_path):
     conn.close()
     with pytest.raises(backup.BackupError, match="none of this app's tables"):
         backup.restore(app.config["DATABASE"], other, tmp_path / "backups", backup.schema_tables())
+
+
+def test_restore_ends_every_session(app, client, auth, tmp_path):
+    """A session ended since the backup (a logout) must not come back with it."""
+    auth.signup()
+    name = app.config["SESSION_COOKIE_NAME"]
+    cookie = client.get_cookie(name).value
+    path = app.config["DATABASE"]
+    backups = tmp_path / "backups"
+    record = backup.run_backup(path, backups)
+    assert record["verified"], record["error"]
+    auth.logout()
+    done = backup.restore(path, record["file"], backups, backup.schema_tables())
+    assert done["tables"]["app_session"] == 0
+    copy = app.test_client()
+    copy.set_cookie(name, cookie)
+    assert copy.get("/account/password").status_code == 302
+
+
+def test_counts_read_as_english():
+    assert backup.rows_in({"account": 1}) == "1 row in 1 table"
+    assert backup.rows_in({"account": 2, "user": 0}) == "2 rows in 2 tables"
