@@ -194,6 +194,17 @@ def db_bytes(db_path: Path) -> str:
     return hashlib.sha256(db_path.read_bytes()).hexdigest()
 
 
+def refused(app: Path, data: Path, db_path: Path, *messages: str) -> subprocess.CompletedProcess:
+    """flask migrate refuses with each of the messages, and the database is unchanged."""
+    before = db_bytes(db_path)
+    result = flask_migrate(app, data)
+    assert result.returncode == 1, result.stdout + result.stderr
+    for message in messages:
+        assert message in result.stderr, result.stderr
+    assert db_bytes(db_path) == before
+    return result
+
+
 # -- the acceptance matrix ---------------------------------------------------------
 
 
@@ -422,13 +433,8 @@ def test_impossible_migrations_are_refused_with_rows_listed_and_nothing_changed(
         spec = copy.deepcopy(base)
         change(spec)
         regenerate(project, slug, spec)
-        before = db_bytes(db_path)
-        result = flask_migrate(app, data)
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "migration refused, the database is unchanged" in result.stderr
-        assert message in result.stderr
+        result = refused(app, data, db_path, "migration refused, the database is unchanged", message)
         assert re.search(r'^  "\w+" ids? \d+', result.stderr, re.M), result.stderr  # the rows, by id
-        assert db_bytes(db_path) == before
 
 
 # -- kill -9 in the middle ---------------------------------------------------------
@@ -865,13 +871,10 @@ def test_a_ref_given_another_target_is_refused_and_never_shows_another_account(p
     spec = copy.deepcopy(YARDS)
     next(f for f in spec["entities"][2]["fields"] if f["name"] == "yard")["to"] = "barn"
     regenerate(project, "yards", spec)
-    before = db_bytes(db_path)
-    result = flask_migrate(app, data)
-    assert result.returncode == 1, result.stdout
-    assert '"hive"."yard" now refers to "barn" instead of "yard": its 2 values are ids of "yard" rows' in result.stderr
-    assert '"hive" id 1: "yard" = 1 is the id of a "yard" row, not of a "barn" row' in result.stderr
-    assert '"hive" id 2: "yard" = 2 is the id of a "yard" row, not of a "barn" row' in result.stderr
-    assert db_bytes(db_path) == before
+    refused(app, data, db_path,
+            '"hive"."yard" now refers to "barn" instead of "yard": its 2 values are ids of "yard" rows',
+            '"hive" id 1: "yard" = 1 is the id of a "yard" row, not of a "barn" row',
+            '"hive" id 2: "yard" = 2 is the id of a "yard" row, not of a "barn" row')
 
     db = open_db(db_path)
     db.execute("UPDATE hive SET yard = NULL")
@@ -900,12 +903,8 @@ def test_a_rename_onto_kept_data_is_refused_until_that_data_is_dropped(project):
 
     yard["fields"][0].update(name="code", renamed_from="name")
     regenerate(project, "yards", spec)
-    before = db_bytes(db_path)
-    result = flask_migrate(app, data)
-    assert result.returncode == 1, result.stdout
-    assert ('"yard"."name" cannot be renamed to "code" (renamed_from): the table already has a column "code" '
-            "that the spec no longer has, kept with its data.") in result.stderr
-    assert db_bytes(db_path) == before
+    refused(app, data, db_path, '"yard"."name" cannot be renamed to "code" (renamed_from): the table already has a '
+            'column "code" that the spec no longer has, kept with its data.')
 
     result = flask_migrate(app, data, "--drop-removed")
     assert result.returncode == 0, result.stderr
@@ -924,12 +923,8 @@ def test_a_field_renamed_twice_between_migrations_is_refused(project):
     regenerate(project, "yards", spec)
     label.update(name="label3", renamed_from="label2")  # no migrate in between
     regenerate(project, "yards", spec)
-    before = db_bytes(db_path)
-    result = flask_migrate(app, data)
-    assert result.returncode == 1, result.stdout
-    assert ('"barn"."label3" is renamed_from "label2", but the table has no column "label2" (nor "label3"); '
-            'it has "label", which the spec no longer has.') in result.stderr
-    assert db_bytes(db_path) == before
+    refused(app, data, db_path, '"barn"."label3" is renamed_from "label2", but the table has no column "label2" '
+            '(nor "label3"); it has "label", which the spec no longer has.')
     label["renamed_from"] = "label"  # as the message says
     regenerate(project, "yards", spec)
     result = flask_migrate(app, data)

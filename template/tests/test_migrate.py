@@ -183,19 +183,21 @@ def test_a_backup_is_taken_before_existing_data_changes(app, db, monkeypatch):
     copy.close()
 
 
-YARD_AND_HIVE = """
-CREATE TABLE IF NOT EXISTS "note_yard" (
+def bare_table(name, columns=""):
+    """An entity table with only the columns every entity has, plus `columns`."""
+    return f"""
+CREATE TABLE IF NOT EXISTS "{name}" (
   "id" INTEGER PRIMARY KEY,
-  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE
+  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE{columns}
 ) STRICT;
-CREATE TABLE IF NOT EXISTS "note_hive" (
-  "id" INTEGER PRIMARY KEY,
-  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
+"""
+
+
+YARD = bare_table("note_yard")
+HIVE = bare_table("note_hive", """,
   "yard" INTEGER REFERENCES "note_yard"("id") ON DELETE {on_delete},
   "name" TEXT NOT NULL,
-  UNIQUE ("account_id", "name")
-) STRICT;
-CREATE INDEX IF NOT EXISTS "note_hive(yard)" ON "note_hive" ("yard");
+  UNIQUE ("account_id", "name")""") + """CREATE INDEX IF NOT EXISTS "note_hive(yard)" ON "note_hive" ("yard");
 """
 
 
@@ -208,7 +210,7 @@ def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
     hive = {"renamed_from": None, "fields": {
         "yard": {"type": "ref", "places": None, "to": "note_yard", "renamed_from": None},
         "name": {"type": "string", "places": None, "to": None, "renamed_from": None}}}
-    migrate.migrate(conn, read_schema() + YARD_AND_HIVE.format(on_delete=on_delete),
+    migrate.migrate(conn, read_schema() + YARD + HIVE.format(on_delete=on_delete),
                     {**migrate.ENTITIES, "note_yard": yard, "note_hive": hive})
     conn.execute("INSERT INTO account (name) VALUES ('Acme')")
     conn.executemany('INSERT INTO "note_yard" ("account_id") VALUES (1)', [(), ()])
@@ -216,7 +218,7 @@ def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
     conn.commit()
     before = conn.execute('SELECT * FROM "note_hive" ORDER BY "id"').fetchall()
 
-    result = migrate.migrate(conn, read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0],
+    result = migrate.migrate(conn, read_schema() + YARD,
                              {**migrate.ENTITIES, "note_yard": yard})
     assert 'rebuilt kept table "note_hive" (2 rows) without its references to "note_yard": changes there no longer touch its rows' in result.steps
     assert result.touches_data
@@ -227,7 +229,7 @@ def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
     conn.execute('DELETE FROM "note_yard" WHERE "id" = 1')  # foreign keys are on, as in the app
     conn.commit()
     assert conn.execute('SELECT * FROM "note_hive" ORDER BY "id"').fetchall() == before
-    assert migrate.migrate(conn, read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0],
+    assert migrate.migrate(conn, read_schema() + YARD,
                            {**migrate.ENTITIES, "note_yard": yard}).steps == []  # done once
     conn.execute('DELETE FROM "account"')  # deleting an account still deletes its kept rows
     assert conn.execute('SELECT count(*) FROM "note_hive"').fetchone()[0] == 0
@@ -236,17 +238,8 @@ def test_a_kept_table_no_longer_follows_the_live_records(app, on_delete):
 
 def yard_barn_hive(ref):
     """note_yard, note_barn and note_hive, whose "yard" column is `ref`: (schema, ENTITIES)."""
-    schema = read_schema() + YARD_AND_HIVE.split('CREATE TABLE IF NOT EXISTS "note_hive"')[0] + """
-CREATE TABLE IF NOT EXISTS "note_barn" (
-  "id" INTEGER PRIMARY KEY,
-  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE
-) STRICT;
-CREATE TABLE IF NOT EXISTS "note_hive" (
-  "id" INTEGER PRIMARY KEY,
-  "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
-  "yard" INTEGER""" + (f' REFERENCES "{ref}"("id") ON DELETE CASCADE' if ref else "") + """
-) STRICT;
-"""
+    schema = read_schema() + YARD + bare_table("note_barn") + bare_table(
+        "note_hive", ',\n  "yard" INTEGER' + (f' REFERENCES "{ref}"("id") ON DELETE CASCADE' if ref else ""))
     field = {"type": "ref", "places": None, "to": ref, "renamed_from": None} if ref else \
         {"type": "integer", "places": None, "to": None, "renamed_from": None}
     plain = {"renamed_from": None, "fields": {}}
