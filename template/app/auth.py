@@ -124,10 +124,15 @@ def load_logged_in_user():
     # small page; SESSION_REFRESH_EACH_REQUEST is off in create_app).
     day = today()
     if session.get("renewed") != day:
-        session["renewed"] = day
         db = get_db()
-        with db:
-            db.execute('UPDATE "app_session" SET "renewed_on" = ? WHERE "id" = ?', (day, session_id))
+        try:
+            with db:
+                db.execute('UPDATE "app_session" SET "renewed_on" = ? WHERE "id" = ?', (day, session_id))
+        except sqlite3.OperationalError:
+            # The database is busy beyond busy_timeout (a long migration or restore):
+            # renew on a later request rather than fail this one.
+            return
+        session["renewed"] = day
 
 
 def today():
@@ -141,7 +146,8 @@ def login_required(view):
     def wrapped_view(**kwargs):
         if g.user is None:
             login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
-            if request.headers.get("HX-Request"):
+            # (htmx's own reload of a page for the Back button wants the page itself.)
+            if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request"):
                 # htmx (the live search) would follow a redirect itself and swap the
                 # login page into the table: HX-Redirect makes it load the whole page.
                 response = current_app.make_response(("", 401))
@@ -278,7 +284,11 @@ def login():
         if is_throttled(email, address):
             return too_many_failures("auth/login.html", form=form, next=next_url)
         db = get_db()
-        user = db.execute('SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)).fetchone()
+        # Accounts made before emails were NFKC-folded may hold another spelling.
+        user = db.execute(
+            'SELECT "id", "password_hash" FROM "user" WHERE "email" IN (?, ?) ORDER BY "email" = ? DESC',
+            (email, form.email.data.strip().lower(), email),
+        ).fetchone()
         if check_password(user, form.password.data):
             forget_failures(email)
             start_session(user["id"])

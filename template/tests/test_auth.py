@@ -1,5 +1,7 @@
 """Sign up, log in, log out, change password, and where login sends you afterwards."""
 
+import sqlite3
+
 import pytest
 from flask import g, session
 
@@ -77,6 +79,19 @@ def test_emails_are_one_spelling(app, client, auth):
     assert auth.signup(email="OWNER@DIFFERENT.EXAMPLE", account="Someone else").status_code == 200
     with app.app_context():
         assert [r[0] for r in get_db().execute('SELECT "email" FROM "user"')] == ["owner@different.example"]
+
+
+def test_an_email_stored_before_folding_still_logs_in(app, auth):
+    """Accounts made before emails were NFKC-folded keep their spelling, and log in."""
+    with app.app_context():
+        db = get_db()
+        account = db.execute("""INSERT INTO "account" ("name") VALUES ('Old')""").lastrowid
+        db.execute(
+            'INSERT INTO "user" ("account_id", "email", "password_hash") VALUES (?, ?, ?)',
+            (account, "ann@di\ufb00erent.example", hash_password(PASSWORD)),
+        )
+        db.commit()
+    assert auth.login(email="Ann@Di\ufb00erent.example").status_code == 302
 
 
 def test_signup_with_existing_email(app, client, auth):
@@ -181,6 +196,10 @@ def test_login_required_sends_htmx_to_the_whole_login_page(client):
     assert response.status_code == 401
     assert response.headers["HX-Redirect"] == "/login?next=/account/password"
     assert "Location" not in response.headers
+    # htmx reloading a page for the Back button takes the page it gets: the login page.
+    response = client.get("/account/password", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/account/password"
 
 
 @pytest.mark.parametrize(
@@ -237,6 +256,28 @@ def test_logout_ends_a_copied_session_cookie(app, client, auth):
     assert copy.get("/account/password").status_code == 302  # and no more after logout
     with app.app_context():
         assert get_db().execute('SELECT count(*) FROM "app_session"').fetchone()[0] == 0
+
+
+def test_session_renewal_waits_for_a_busy_database(app, client, auth):
+    """A long migration or restore holds the write lock: pages are still served, and
+    the session is renewed on a later request."""
+    from app import db as app_db
+
+    auth.signup()
+    client.get("/")
+    app_db._thread.conn.execute("PRAGMA busy_timeout = 50")  # the test's own connection
+    with client.session_transaction() as s:
+        s["renewed"] = "2000-01-01"
+    blocker = sqlite3.connect(app.config["DATABASE"])
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.get("/account/password")
+        assert response.status_code == 200
+        assert not response.headers.getlist("Set-Cookie")  # not renewed yet
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert client.get("/account/password").headers.getlist("Set-Cookie")  # renewed now
 
 
 def test_sessions_unused_for_a_lifetime_are_pruned(app, client, auth):
