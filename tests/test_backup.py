@@ -375,6 +375,7 @@ def not_an_app_database(path: Path) -> None:
         ("text", "not an SQLite database"),
         ("empty", "not an SQLite database"),
         ("another app's", "unknown tables hive"),
+        ("another vertical's", "it is the database of another app: its PRAGMA application_id is 12345"),
         ("no app tables", "no account, user table"),
         ("missing", "no such file"),
         ("with a trigger", "trigger wipe"),
@@ -394,6 +395,11 @@ def test_restore_refuses_a_bad_file_and_changes_nothing(app, tmp_path, kind, mes
         bad.write_bytes(b"")
     elif kind == "another app's":
         foreign_database(bad)
+    elif kind == "another vertical's":  # every table of this app, marked by another
+        bad.write_bytes(good)
+        db = sqlite3.connect(bad)
+        db.execute("PRAGMA application_id = 12345")
+        db.close()
     elif kind == "no app tables":
         not_an_app_database(bad)
     elif kind in ("with a trigger", "with a view"):

@@ -32,6 +32,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from . import SLUG
 from .db import connect, read_schema
 
 KEEP_DAILY = 7
@@ -466,22 +467,51 @@ def prepare(file, candidate, expected_tables, page_size, live=None):
 
 def check_app_database(path, tables, expected, live=None):
     """Refuse a database that is not one of this app's (BackupError): the one check
-    that restore makes before it goes on, and that backup makes before it says
-    "verified". tables: the database's tables; expected: the schema's.
+    that restore makes before it goes on. tables: the database's tables; expected: the
+    schema's; live: the live database, if any.
 
-    Besides the schema's tables, this app's databases hold the tables its own migrations
-    kept when their entity left the spec, and the tables of entities renamed since
-    (`renamed_from`): restore migrates its copy to the current schema, renames included.
-    The tables every migration recorded (app_migration) in the live database and the
-    current old names count as this app's; those recorded in the database itself are
-    accepted too, but a database must still hold one of this app's own tables.
+    Every migration marks the database as this app's (PRAGMA application_id, see
+    migrate.APPLICATION_ID). A database marked by another app is refused, whatever its
+    tables; one marked by this app is its own, whatever tables it holds (the tables kept
+    when their entity left the spec, the founder's own tables from app/custom.py).
+    An unmarked database (a backup taken before migrations marked them) is judged by its
+    tables: the schema's, the old names of renamed entities (`renamed_from`, which
+    restore's migration renames) and the tables that the live database's migrations
+    recorded (kept ones included). Never by what the file itself records: any app's
+    database records its own tables.
     """
     from . import migrate  # migrate imports this module
 
+    found = application_id(path)
+    if found == migrate.APPLICATION_ID:
+        check_no_triggers_or_views(path)
+        return
+    if found:
+        raise BackupError(
+            f"it is the database of another app: its PRAGMA application_id is {found}, "
+            f"this app's ({SLUG}) is {migrate.APPLICATION_ID}"
+        )
     renamed = {e["renamed_from"] for e in migrate.ENTITIES.values() if e["renamed_from"]}
     ours = set(expected) | renamed | recorded_tables(live)
-    check_tables(tables, ours, recorded_tables(path))
+    try:
+        check_tables(tables, ours)
+    except BackupError as e:
+        raise BackupError(
+            f"{e}. It is not marked as this app's database (PRAGMA application_id is 0: "
+            "taken before migrations marked them). If you know it is one of this app's "
+            "backups, mark a copy of it as this app's (cp FILE COPY; sqlite3 COPY "
+            f"'PRAGMA application_id = {migrate.APPLICATION_ID}') and restore the copy"
+        ) from e
     check_no_triggers_or_views(path)
+
+
+def application_id(path):
+    """The PRAGMA application_id of the database at path: 0 when nothing marked it."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("PRAGMA application_id").fetchone()[0]
+    finally:
+        db.close()
 
 
 def recorded_tables(path):
@@ -525,18 +555,15 @@ def check_no_triggers_or_views(path):
         )
 
 
-def check_tables(tables, expected, recorded=frozenset()):
-    """Refuse a database that is not this app's: another vertical's, or any other.
-
-    expected: this app's tables; recorded: other tables the database itself says its
-    migrations made or kept, accepted only beside one of this app's own tables.
-    """
+def check_tables(tables, expected):
+    """Refuse an unmarked database that is not this app's: another vertical's, or any
+    other. expected: the tables this app's databases may hold."""
     missing = REQUIRED_TABLES - tables
     if missing:
         raise BackupError(
             f"it is not a backup of this app: it has no {', '.join(sorted(missing))} table"
         )
-    known = expected | set(recorded) | SYSTEM_TABLES
+    known = expected | SYSTEM_TABLES
     foreign = sorted(t for t in tables - known if not t.startswith("app_"))
     if foreign:
         raise BackupError(

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from app import migrate
+from app import SLUG, migrate
 from app.db import connect, read_schema
 
 NOTE = """
@@ -172,6 +172,44 @@ def test_impossible_migrations_change_nothing(app, db, columns, fields, message)
     assert message in str(refused.value)
     conn.close()
     assert file_hash(path) == before
+
+
+def application_id(path):
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA application_id").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_migrate_marks_the_database_as_this_apps_unless_it_rolls_back(app, db):
+    """PRAGMA application_id, set inside the migration's transaction: committed with it,
+    even as its only change; rolled back with it (a dry run, a refusal)."""
+    path = app.config["DATABASE"]
+    assert application_id(path) == migrate.APPLICATION_ID != 0  # the app fixture's migrate
+    db.execute("PRAGMA application_id = 0")  # as every database was before
+    db.close()
+    before = file_hash(path)
+    marked = f"marked the database as the {SLUG} app's (PRAGMA application_id = {migrate.APPLICATION_ID})"
+    schema = note_schema(['"amount" INTEGER', '"title" TEXT'])
+    fields = entities({"amount": ("integer", None, None), "title": ("string", None, None)})
+
+    conn = connect(path)
+    assert migrate.migrate(conn, schema, fields, dry_run=True).steps == [marked]
+    conn.close()
+    assert file_hash(path) == before
+    refused(app, note_schema(['"amount" INTEGER NOT NULL', '"title" TEXT']), fields)
+    assert application_id(path) == 0
+
+    conn = connect(path)
+    assert migrate.migrate(conn, schema, fields).steps == [marked]
+    assert application_id(path) == migrate.APPLICATION_ID
+    assert conn.execute('SELECT "summary" FROM "app_migration" ORDER BY "id" DESC').fetchone()[0] == marked
+    assert migrate.migrate(conn, schema, fields).steps == []
+    conn.execute("PRAGMA application_id = 7")  # another app's number: said so
+    assert migrate.migrate(conn, schema, fields).steps == [marked[:-1] + "; it was 7, another app's number)"]
+    conn.close()
+    assert application_id(path) == migrate.APPLICATION_ID
 
 
 def test_a_backup_is_taken_before_existing_data_changes(app, db, monkeypatch):

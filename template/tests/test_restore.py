@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app import backup, migrate
+from app import SLUG, backup, migrate
 from app.db import connect, read_schema
 
 from test_migrate import NOTE, entities, note_schema
@@ -77,6 +77,7 @@ def test_backup_is_not_verified_when_restore_would_refuse_it(app, tmp_path):
     path = app.config["DATABASE"]
     db = sqlite3.connect(path)
     db.execute('CREATE TABLE "stranger" ("id" INTEGER PRIMARY KEY)')  # no migration made it
+    db.execute("PRAGMA application_id = 0")  # not marked as this app's
     db.commit()
     db.close()
     backups = tmp_path / "backups"
@@ -89,16 +90,97 @@ def test_backup_is_not_verified_when_restore_would_refuse_it(app, tmp_path):
         backup.restore(path, path, backups, backup.schema_tables())
 
 
-def test_another_apps_database_is_still_refused(app, tmp_path):
-    """Its app_migration names its own tables: not enough without one of this app's."""
+def set_application_id(path, number):
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA application_id = {int(number)}")
+    db.close()
+
+
+def application_id(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA application_id").fetchone()[0]
+    finally:
+        db.close()
+
+
+def other_app(tmp_path, extra_table=None):
+    """Another app's database holding every table of this one (and extra_table, which its
+    own migrations recorded), with an account and a user; its path."""
     other = tmp_path / "other.db"
-    auth = (Path(app.root_path) / "schema_auth.sql").read_text()
     conn = connect(str(other))
-    migrate.migrate(conn, auth + NOTE.format(table="their_note", columns='"title" TEXT'),
-                    {"their_note": entities({"title": ("string", None, None)})["app_note"]})
+    schema, fields = read_schema(), dict(migrate.ENTITIES)
+    if extra_table:
+        schema += NOTE.format(table=extra_table, columns='"title" TEXT')
+        fields[extra_table] = entities({"title": ("string", None, None)})["app_note"]
+    migrate.migrate(conn, schema, fields)
+    conn.execute("INSERT INTO account (name) VALUES ('Their customer')")
+    conn.execute("""INSERT INTO "user" ("account_id", "email", "password_hash") VALUES (1, 'them@example.com', 'x')""")
+    conn.commit()
     conn.close()
-    with pytest.raises(backup.BackupError, match="none of this app's tables"):
+    return other
+
+
+def users(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute('SELECT "email" FROM "user" ORDER BY "id"').fetchall()
+    finally:
+        db.close()
+
+
+def test_a_database_marked_by_another_app_is_refused_whatever_its_tables(app, auth, tmp_path):
+    """Two verticals may share every table name; the mark in the file's header tells them apart."""
+    auth.signup()
+    path = app.config["DATABASE"]
+    assert application_id(path) == migrate.APPLICATION_ID  # migrate marked it
+    other = other_app(tmp_path)
+    set_application_id(other, migrate.APPLICATION_ID + 1)
+    before = users(path)
+    with pytest.raises(backup.BackupError) as refused:
+        backup.restore(path, other, tmp_path / "backups", backup.schema_tables())
+    assert (f"it is the database of another app: its PRAGMA application_id is {migrate.APPLICATION_ID + 1}, "
+            f"this app's ({SLUG}) is {migrate.APPLICATION_ID}; nothing was changed") in str(refused.value)
+    assert users(path) == before == [("owner@example.com",)]
+
+
+def test_an_unmarked_database_is_not_trusted_for_the_tables_it_records(app, tmp_path):
+    """A backup from before databases were marked: the tables its own app_migration
+    records say nothing (any app's database records its own tables); only the live
+    database's records, the schema and the renamed_from names do."""
+    other = other_app(tmp_path, extra_table="their_note")
+    set_application_id(other, 0)
+    with pytest.raises(backup.BackupError) as refused:
         backup.restore(app.config["DATABASE"], other, tmp_path / "backups", backup.schema_tables())
+    message = str(refused.value)
+    assert "it is not a backup of this app: unknown tables their_note. It is not marked as this app's" in message
+    assert f"'PRAGMA application_id = {migrate.APPLICATION_ID}') and restore the copy" in message
+    assert users(app.config["DATABASE"]) == []
+
+
+def test_an_unmarked_backup_with_a_kept_table_restores_where_the_live_database_kept_it(app, tmp_path):
+    """On this box the live database's migrations recorded the kept table; on a fresh box
+    nothing vouches for it, and the refusal says how to mark the file as this app's."""
+    path = with_notes(app, "note_kept")
+    backups = tmp_path / "backups"
+    migrate.run(path, backups)  # the spec without the note: its table is kept
+    record = backup.run_backup(path, backups)
+    assert record["verified"], record["error"]
+    old = tmp_path / "old.db"  # as backups were before migrate marked databases
+    old.write_bytes(Path(record["file"]).read_bytes())
+    set_application_id(old, 0)
+
+    done = backup.restore(path, old, backups, backup.schema_tables())
+    assert done["tables"]["note_kept"] == 2
+    assert application_id(path) == migrate.APPLICATION_ID  # restore's migration marked it
+
+    fresh = tmp_path / "fresh" / "app.db"  # a new box: no live database yet
+    fresh.parent.mkdir()
+    with pytest.raises(backup.BackupError, match="unknown tables note_kept. It is not marked as this app's"):
+        backup.restore(fresh, old, tmp_path / "fresh" / "backups", backup.schema_tables())
+    set_application_id(old, migrate.APPLICATION_ID)  # as the message says
+    done = backup.restore(fresh, old, tmp_path / "fresh" / "backups", backup.schema_tables())
+    assert notes(fresh, "note_kept") == [(1, "one"), (2, "two")]
 
 
 def test_restore_ends_every_session(app, client, auth, tmp_path):
