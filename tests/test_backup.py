@@ -355,6 +355,35 @@ def test_backups_after_an_entity_left_the_spec_restore(app, template_repo, tmp_p
     assert ids(later.database, "class") == {1}
 
 
+def test_a_founder_table_never_stops_the_nightly_backup(app, tmp_path):
+    """A table of the founder's own (app/custom.py) is backed up, verified and restored;
+    even in a database no migration marked, the backup is taken, with a warning."""
+    db = app.connect()
+    db.executescript("""CREATE TABLE "founder_notes" ("id" INTEGER PRIMARY KEY, "body" TEXT);
+                        INSERT INTO "founder_notes" ("body") VALUES ('order more rennet');""")
+    db.close()
+    path = app.backup()
+    last = app.last()
+    assert last["verified"] is True and last["warning"] is None and last["tables"]["founder_notes"] == 1
+    db = app.connect()
+    db.execute('DELETE FROM "founder_notes"')
+    db.commit()
+    db.close()
+    done = app.flask("restore", str(path))
+    assert done.returncode == 0, done.stderr
+    assert ids(app.database, "founder_notes") == {1}
+
+    db = app.connect()
+    db.execute("PRAGMA application_id = 0")  # as before migrate marked databases
+    db.close()
+    done = app.flask("backup")
+    assert done.returncode == 0, done.stderr
+    assert "Backup verified" in done.stdout
+    assert "Warning: restore would refuse this backup as it is: it is not a backup of this app: unknown tables founder_notes" in done.stderr
+    last = app.last()
+    assert last["verified"] is True and Path(last["file"]).is_file() and "founder_notes" in last["warning"]
+
+
 def foreign_database(path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript('CREATE TABLE "account" (id); CREATE TABLE "user" (id); CREATE TABLE "hive" (id);')

@@ -4,7 +4,8 @@ backup  takes an online copy of the live database through SQLite's backup API (n
         file copy: the database is in WAL mode and being written), verifies the copy,
         renames it into DATA_DIR/backups, rotates old backups (7 daily, 4 weekly,
         12 monthly), runs the optional off-site command and records the run in
-        DATA_DIR/backups/last.json, which `vgen status` reads.
+        DATA_DIR/backups/last.json, which `vgen status` reads. Should restore object
+        to the copy (see check_app_database), it is still kept, with a warning.
 restore verifies a backup file (with the -wal file beside it, if any) on a private
         copy, brings that copy to the app's current schema (migrate.py), takes a
         safety backup of the current database, then copies it into the live database
@@ -70,6 +71,8 @@ def backup_command():
     click.echo(
         f"Backup verified: {result['file']} ({result['size']} bytes, {rows_in(result['tables'])})"
     )
+    if result["warning"]:
+        click.echo(f"Warning: {result['warning']}", err=True)
     if result["removed"]:
         click.echo(f"Rotation removed {len(result['removed'])} old backup(s).")
     if result["offsite"]:
@@ -121,6 +124,8 @@ def run_backup(database, directory, offsite_command="", now=None):
     """Back up, rotate, copy off-site and record the run in last.json; returns the record.
 
     Never raises for a failed backup: the error is in the record (and in last.json).
+    Never refuses to copy the live data either: what restore would object to in the copy
+    is only a warning in the record.
     """
     directory = Path(directory)
     started = time.monotonic()
@@ -133,19 +138,16 @@ def run_backup(database, directory, offsite_command="", now=None):
         "tables": {},
         "removed": [],
         "offsite": None,
+        "warning": None,
         "error": None,
     }
     try:
         make_private_dir(directory)
         with locked(directory):
             name = unique_name(directory, f"{Path(database).stem}-{now.strftime(STAMP_FORMAT)}")
-            expected = schema_tables()
-
-            def restorable(copy, counts):  # what restore checks first, checked now
-                check_app_database(copy, set(counts), expected, database)
-
-            path, counts = take_backup(database, directory / name, check=restorable)
+            path, counts = take_backup(database, directory / name)
             record.update(file=str(path), size=path.stat().st_size, verified=True, tables=counts)
+            record["warning"] = restore_warning(path, counts, database)
             record["removed"] = [str(p) for p in rotate(directory, Path(database).stem)]
             if offsite_command:
                 record["offsite"] = run_offsite(offsite_command, path)
@@ -156,14 +158,30 @@ def run_backup(database, directory, offsite_command="", now=None):
     return record
 
 
-def take_backup(database, target, check=None):
+def restore_warning(path, counts, live):
+    """What restore would object to in the backup at path, as a warning; None if nothing.
+
+    It is what restore checks first (check_app_database). The backup is kept whatever
+    it says: a nightly backup never refuses to copy the customers' data.
+    """
+    try:
+        check_app_database(path, set(counts), schema_tables(), live)
+    except (BackupError, sqlite3.Error) as e:
+        return (
+            f"restore would refuse this backup as it is: {e}. It is kept all the same; "
+            "`flask --app app migrate` marks the live database as this app's, so that the "
+            "next backups are restored without a question"
+        )
+    return None
+
+
+def take_backup(database, target):
     """Copy the live database into target, verified; returns (target, row counts).
 
     The row counts and the copy come from one read transaction on the source, so they
     see the same snapshot while other connections keep committing (WAL lets them).
     The copy is written to a temporary file, fsynced and verified before it is renamed
     into place, so a file named like a backup is always a complete, checked one.
-    check(path, row counts), if given, checks the copy further; it raises BackupError.
     """
     database, target = Path(database), Path(target)
     if not database.exists():
@@ -193,11 +211,6 @@ def take_backup(database, target, check=None):
             raise BackupError(f"the copy failed verification: {e}") from e
         if got != counts:
             raise BackupError(f"row counts differ: database {counts}, copy {got}")
-        if check is not None:
-            try:
-                check(tmp, got)
-            except BackupError as e:
-                raise BackupError(f"restore would refuse the copy: {e}") from e
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:

@@ -8,6 +8,7 @@ As in test_migrate.py, the tests add an entity of their own by hand ("note_kept"
 so that they hold whatever the spec's entities are.
 """
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -73,21 +74,50 @@ def test_a_backup_from_before_an_entity_rename_restores_under_the_new_name(app, 
     assert backup.run_backup(path, backups)["verified"]
 
 
-def test_backup_is_not_verified_when_restore_would_refuse_it(app, tmp_path):
+def test_a_founder_table_is_backed_up_and_restored(app, tmp_path):
+    """A table of the founder's own (made by app/custom.py), which migrate only keeps, is
+    in this app's database: backed up without a question, and restored."""
+    path = app.config["DATABASE"]
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE "founder_notes" ("id" INTEGER PRIMARY KEY, "body" TEXT);
+                        INSERT INTO "founder_notes" ("body") VALUES ('call the cheese shop');""")
+    db.close()
+    backups = tmp_path / "backups"
+    record = backup.run_backup(path, backups)
+    assert record["verified"] and record["warning"] is None, record
+    assert Path(record["file"]).is_file()
+    db = sqlite3.connect(path)
+    db.execute('DELETE FROM "founder_notes"')
+    db.commit()
+    db.close()
+    done = backup.restore(path, record["file"], backups, backup.schema_tables())
+    assert done["tables"]["founder_notes"] == 1
+
+
+def test_backup_never_refuses_live_data_restore_would_question(app, runner, tmp_path):
+    """An unmarked database with a table nothing vouches for: restore would refuse it, the
+    backup is taken all the same, verified, with a warning (printed, and in last.json)."""
     path = app.config["DATABASE"]
     db = sqlite3.connect(path)
     db.execute('CREATE TABLE "stranger" ("id" INTEGER PRIMARY KEY)')  # no migration made it
     db.execute("PRAGMA application_id = 0")  # not marked as this app's
     db.commit()
     db.close()
-    backups = tmp_path / "backups"
-    record = backup.run_backup(path, backups)
-    assert not record["verified"]
-    assert "restore would refuse the copy" in record["error"]
-    assert "unknown tables stranger" in record["error"]
-    assert [p.name for p in backups.iterdir() if p.suffix == ".db"] == []  # no file named like a backup
+    result = runner.invoke(args=["backup"])
+    assert result.exit_code == 0, result.output
+    backups = Path(app.config["DATA_DIR"]) / "backups"
+    last = json.loads((backups / "last.json").read_text())
+    assert last["verified"] and last["error"] is None and Path(last["file"]).is_file()
+    assert last["warning"].startswith("restore would refuse this backup as it is: it is not a backup of "
+                                      "this app: unknown tables stranger.")
+    assert "`flask --app app migrate` marks the live database as this app's" in last["warning"]
+    assert f"Warning: {last['warning']}" in result.output
     with pytest.raises(backup.BackupError, match="unknown tables stranger"):
-        backup.restore(path, path, backups, backup.schema_tables())
+        backup.restore(path, last["file"], backups, backup.schema_tables())
+
+    runner.invoke(args=["migrate"])  # marks it: the next backup is restorable as it is
+    record = backup.run_backup(path, backups)
+    assert record["verified"] and record["warning"] is None, record
 
 
 def set_application_id(path, number):
