@@ -74,6 +74,30 @@ def test_a_backup_from_before_an_entity_rename_restores_under_the_new_name(app, 
     assert backup.run_backup(path, backups)["verified"]
 
 
+def test_a_backup_from_before_an_entity_was_added_then_renamed_restores(app, tmp_path, monkeypatch):
+    """The backup holds a kept table, and predates "note_shelf", since renamed "note_rack"
+    (renamed_from "note_shelf"): it has neither name because it is older than the entity,
+    which its migration creates empty."""
+    path = with_notes(app, "note_kept")
+    backups = tmp_path / "backups"
+    migrate.run(path, backups)  # the spec without the note: its table is kept
+    record = backup.run_backup(path, backups)
+    assert record["verified"], record["error"]
+
+    title = {"title": ("string", None, None)}
+    for table, old in (("note_shelf", None), ("note_rack", "note_shelf")):  # added, migrated, renamed
+        schema = note_schema(['"title" TEXT'], table=table)
+        monkeypatch.setattr(migrate, "ENTITIES", entities(title, table, old))
+        monkeypatch.setattr(migrate, "read_schema", lambda schema=schema: schema)
+        monkeypatch.setattr(backup, "read_schema", lambda schema=schema: schema)
+        assert migrate.run(path, backups).steps
+
+    done = backup.restore(path, record["file"], backups, backup.schema_tables())
+    assert 'created table "note_rack"' in done["migrated"]
+    assert notes(path, "note_kept") == [(1, "one"), (2, "two")]
+    assert notes(path, "note_rack") == []
+
+
 def test_a_founder_table_is_backed_up_and_restored(app, tmp_path):
     """A table of the founder's own (made by app/custom.py), which migrate only keeps, is
     in this app's database: backed up without a question, and restored."""
