@@ -207,10 +207,11 @@ def test_migrate_marks_the_database_as_this_apps_unless_it_rolls_back(app, db):
     assert application_id(path) == migrate.APPLICATION_ID
     assert conn.execute('SELECT "summary" FROM "app_migration" ORDER BY "id" DESC').fetchone()[0] == marked
     assert migrate.migrate(conn, schema, fields).steps == []
-    conn.execute("PRAGMA application_id = 7")  # another app's number: said so
-    assert migrate.migrate(conn, schema, fields).steps == [marked[:-1] + "; it was 7, another app's number)"]
+    conn.execute("PRAGMA application_id = 7")  # another app's database: left alone
+    with pytest.raises(migrate.MigrationRefused, match="This is the database of another app"):
+        migrate.migrate(conn, schema, fields)
     conn.close()
-    assert application_id(path) == migrate.APPLICATION_ID
+    assert application_id(path) == 7
 
 
 def test_a_backup_is_taken_before_existing_data_changes(app, db, monkeypatch):
