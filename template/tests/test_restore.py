@@ -17,7 +17,7 @@ import pytest
 from app import SLUG, backup, migrate
 from app.db import connect, read_schema
 
-from test_migrate import NOTE, entities, note_schema
+from test_migrate import NOTE, application_id, entities, note_schema
 
 
 def notes(path, table):
@@ -148,14 +148,6 @@ def set_application_id(path, number):
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA application_id = {int(number)}")
     db.close()
-
-
-def application_id(path):
-    db = sqlite3.connect(path)
-    try:
-        return db.execute("PRAGMA application_id").fetchone()[0]
-    finally:
-        db.close()
 
 
 def other_app(tmp_path, extra_table=None):
