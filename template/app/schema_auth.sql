@@ -49,6 +49,6 @@ CREATE TABLE IF NOT EXISTS "app_session" (
     "user_id" INTEGER NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
     "renewed_on" TEXT NOT NULL,  -- the day (UTC) the cookie was last renewed
     "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
-);
+) WITHOUT ROWID;  -- one lookup by id, the key itself
 
 CREATE INDEX IF NOT EXISTS "app_session_user_id" ON "app_session" ("user_id");
