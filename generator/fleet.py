@@ -333,10 +333,11 @@ def _update(job: Job) -> Outcome:
         return Outcome(job.slug, "unchanged")
     if not is_app(app):  # never git init, let alone commit, a folder vgen did not make
         return Outcome(job.slug, "failed", message=not_an_app(app))
-    if not gitrepo.is_repo(app):
+    if gitrepo.is_repo(app):
+        gitrepo.check_repo(app)
+    else:
         gitrepo.init(app)
         gitrepo.commit_all(app, "Existing app, committed by vgen before its first regeneration")
-    gitrepo.check_repo(app)
     original = gitrepo.head(app)
     tpl = render.template(job.root, job.commit)
     with tempfile.TemporaryDirectory(prefix=f"vgen-{job.slug}-") as scratch:

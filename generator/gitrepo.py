@@ -12,10 +12,10 @@ from .errors import VgenError
 IDENTITY = ["-c", "user.name=vgen", "-c", "user.email=vgen@localhost"]
 
 
-def git(repo: Path, *args: str, check: bool = True) -> str:
+def git(repo: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
     """Run git in repo and return its standard output."""
     result = subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True,
+        ["git", *args], cwd=repo, capture_output=True, text=True, env=env,
     )
     if check and result.returncode != 0:
         raise VgenError(f"{repo}: git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
@@ -120,15 +120,8 @@ def commit_tree_onto(repo: Path, branch: str, folder: Path, message: str) -> str
     missing), without touching the repository's working tree or index."""
     env = dict(os.environ, GIT_INDEX_FILE=str(Path(folder).parent / f".{Path(folder).name}.index"),
                GIT_WORK_TREE=str(folder), GIT_DIR=str(Path(repo) / ".git"))
-
-    def run(*args: str) -> str:
-        result = subprocess.run(["git", *args], env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise VgenError(f"{repo}: git {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
-        return result.stdout
-
-    run("add", "-A", "--force", ".")
-    tree = run("write-tree").strip()
+    git(repo, "add", "-A", "--force", ".", env=env)
+    tree = git(repo, "write-tree", env=env).strip()
     parent = git(repo, "rev-parse", "--verify", "-q", f"refs/heads/{branch}", check=False).strip()
     if parent and git(repo, "rev-parse", f"{parent}^{{tree}}").strip() == tree:
         return parent

@@ -118,7 +118,7 @@ def _generated_app(slug: str, out: Path) -> Path:
     app = out / slug
     if not (app / "app").is_dir():
         raise VgenError(f"no generated app at {app}: run `vgen generate {slug}` first")
-    for name in (f"{slug}.service", f"{slug}-backup.service", f"{slug}.cron", f"{slug}.nginx.conf"):
+    for name, _ in _deploy_files(slug):
         if not (app / "deploy" / name).is_file():
             raise VgenError(
                 f"{app} has no deploy/{name}: regenerate it with `vgen generate {slug}`"
@@ -159,8 +159,9 @@ def _check_not_the_systems(slugs: list[str], root: Path) -> None:
         for unit in (f"{slug}.service", f"{slug}-backup.service"):
             for folder in UNIT_DIRS:
                 path = root / folder / unit
-                if os.path.lexists(path) and os.path.realpath(path) not in seen:
-                    seen.add(os.path.realpath(path))
+                real = os.path.realpath(path)
+                if os.path.lexists(path) and real not in seen:
+                    seen.add(real)
                     if not _laid_by_vgen(path, f"/etc/systemd/system/{unit}"):
                         problems.append(f"{path}: the box already has a unit {unit}, which the "
                                         "vertical's would replace; give the vertical another slug")

@@ -70,9 +70,9 @@ ROWID_ALIASES = {"rowid", "oid"}
 # Names the generated forms already use.
 RESERVED_FIELDS = SYSTEM_COLUMNS | ROWID_ALIASES | {"csrf_token"}
 # The app's own tables, and the prefixes of its internal ones and SQLite's.
-RESERVED_ENTITIES = {"account", "user", "login_attempt"}
+RESERVED_ENTITIES = ("account", "user", "login_attempt")
 RESERVED_PREFIXES = ("app_", "sqlite_")
-SYSTEM_TABLES_SHOWN = "account, user, login_attempt, app_*, sqlite_*"
+SYSTEM_TABLES_SHOWN = ", ".join([*RESERVED_ENTITIES, *(p + "*" for p in RESERVED_PREFIXES)])
 # Names an entity module must not take: the app package's own modules and folders, and
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
@@ -578,10 +578,10 @@ class _Validator:
         label = self.text(where, raw, "label", limit=80) or name.replace("_", " ").capitalize()
         help_text = self.text(where, raw, "help", limit=300, empty_ok=True) or ""
         renamed_from = self.renamed_from(where, raw)
-        if renamed_from in SYSTEM_COLUMNS | ROWID_ALIASES:
+        row_columns = SYSTEM_COLUMNS | ROWID_ALIASES
+        if renamed_from in row_columns:
             # migrate renames a live column of the old name: renaming "id" renumbers records.
-            columns = ", ".join(sorted(SYSTEM_COLUMNS | ROWID_ALIASES))
-            self.error(where, f'renamed_from "{renamed_from}" is a system column ({columns}), not an old field name: migrate would rename the column every record has')
+            self.error(where, f'renamed_from "{renamed_from}" is a system column ({", ".join(sorted(row_columns))}), not an old field name: migrate would rename the column every record has')
 
         max_length = places = lo = hi = to = on_delete = None
         choices: tuple[str, ...] = ()
