@@ -67,6 +67,18 @@ class App:
     def connect(self, path=None) -> sqlite3.Connection:
         return sqlite3.connect(path or self.database)
 
+    def sql(self, script: str) -> None:
+        """Run SQL statements on the live database, as another program would."""
+        db = self.connect()
+        try:
+            db.executescript(script)
+        finally:
+            db.close()
+
+    def restored(self, path: Path) -> None:
+        done = self.flask("restore", str(path))
+        assert done.returncode == 0, done.stderr
+
     def dump(self, path=None) -> list[str]:
         db = self.connect(path)
         try:
@@ -344,13 +356,8 @@ def test_backups_after_an_entity_left_the_spec_restore(app, template_repo, tmp_p
     assert 'table "class" (1 rows) is no longer in the spec; its data is kept' in done.stdout
     before = later.dump()
     path = later.backup()
-    db = later.connect()
-    db.execute('DELETE FROM "aging_room" WHERE "id" > 10')
-    db.commit()
-    db.close()
-
-    done = later.flask("restore", str(path))
-    assert done.returncode == 0, done.stderr
+    later.sql('DELETE FROM "aging_room" WHERE "id" > 10')
+    later.restored(path)
     assert later.dump() == before
     assert ids(later.database, "class") == {1}
 
@@ -358,24 +365,16 @@ def test_backups_after_an_entity_left_the_spec_restore(app, template_repo, tmp_p
 def test_a_founder_table_never_stops_the_nightly_backup(app, tmp_path):
     """A table of the founder's own (app/custom.py) is backed up, verified and restored;
     even in a database no migration marked, the backup is taken, with a warning."""
-    db = app.connect()
-    db.executescript("""CREATE TABLE "founder_notes" ("id" INTEGER PRIMARY KEY, "body" TEXT);
-                        INSERT INTO "founder_notes" ("body") VALUES ('order more rennet');""")
-    db.close()
+    app.sql("""CREATE TABLE "founder_notes" ("id" INTEGER PRIMARY KEY, "body" TEXT);
+               INSERT INTO "founder_notes" ("body") VALUES ('order more rennet');""")
     path = app.backup()
     last = app.last()
     assert last["verified"] is True and last["warning"] is None and last["tables"]["founder_notes"] == 1
-    db = app.connect()
-    db.execute('DELETE FROM "founder_notes"')
-    db.commit()
-    db.close()
-    done = app.flask("restore", str(path))
-    assert done.returncode == 0, done.stderr
+    app.sql('DELETE FROM "founder_notes"')
+    app.restored(path)
     assert ids(app.database, "founder_notes") == {1}
 
-    db = app.connect()
-    db.execute("PRAGMA application_id = 0")  # as before migrate marked databases
-    db.close()
+    app.sql("PRAGMA application_id = 0")  # as before migrate marked databases
     done = app.flask("backup")
     assert done.returncode == 0, done.stderr
     assert "Backup verified" in done.stdout
