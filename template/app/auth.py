@@ -21,7 +21,7 @@ from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length
 
 from .db import get_db
-from .values import PostedForm, strip
+from .values import PostedForm, plain_text, strip
 
 bp = Blueprint("auth", __name__)
 
@@ -32,7 +32,7 @@ PASSWORD_MAX = 200
 # Emails and the account name are stripped of surrounding spaces before validation, so
 # " ann@example.com " is Ann's address and "   " is no account name (DataRequired).
 class SignupForm(PostedForm):
-    account = StringField("Account name", filters=[strip], validators=[DataRequired(), Length(max=100)])
+    account = StringField("Account name", filters=[strip], validators=[DataRequired(), Length(max=100), plain_text])
     email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField("Password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
     confirm = PasswordField(

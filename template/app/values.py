@@ -163,6 +163,15 @@ class ExactDecimal:
             raise StopValidation(f"Use at most {self.places} decimal places.")
 
 
+def plain_text(form, field):
+    """Validator: no control characters (NUL, escape...) but tab and line breaks, which
+    nobody types: they would be stored, and break the CSV export for other programs."""
+    if isinstance(field.data, str) and any(
+        (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127 for c in field.data
+    ):
+        raise ValidationError("Remove the control characters (such as NUL) from this text.")
+
+
 def web_url(form, field):
     """Validator: only http and https links (no javascript: or file: URLs)."""
     if field.data and not field.data.lower().startswith(("http://", "https://")):

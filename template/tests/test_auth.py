@@ -43,6 +43,7 @@ def test_signup_creates_account_and_user_and_logs_in(app, client, auth):
         ("account", "", b"This field is required."),
         ("account", "   ", b"This field is required."),
         ("account", "x" * 101, b"Field cannot be longer than 100 characters."),
+        ("account", "Acme\x00", b"Remove the control characters (such as NUL) from this text."),
         ("email", "", b"This field is required."),
         ("email", "not-an-email", b"Invalid email address."),
         ("password", "short", b"Field must be between 8 and 200 characters long."),
