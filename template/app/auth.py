@@ -3,8 +3,8 @@
 A customer account ("account") has users ("user"); signing up creates both. Passwords
 are hashed with scrypt. Each login is a row of "app_session" whose random id the signed
 session cookie carries: logging out deletes the row, so even a copy of the cookie stops
-working, and changing the password deletes the user's other sessions. Failed logins are counted in the "login_attempt" table, per email
-and per client address, and signups per address in "app_signup", so the limits hold
+working, and changing the password deletes the user's other sessions. Failed logins are
+counted in the "login_attempt" table and signups in "app_signup", so the limits hold
 across workers and restarts.
 """
 
@@ -68,11 +68,12 @@ def start_session(user_id):
     """Log a user in with a fresh session (nothing carried over from before login)."""
     db = get_db()
     session_id = secrets.token_urlsafe(32)
+    day = today()
     lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"].days
     with db:
         db.execute(
             'INSERT INTO "app_session" ("id", "user_id", "renewed_on") VALUES (?, ?, ?)',
-            (session_id, user_id, today()),
+            (session_id, user_id, day),
         )
         # Sessions unused for a whole lifetime have expired with their cookies.
         db.execute(
@@ -82,7 +83,7 @@ def start_session(user_id):
     session.permanent = True
     session["user_id"] = user_id
     session["session_id"] = session_id
-    session["renewed"] = today()
+    session["renewed"] = day
 
 
 def safe_next(target):
@@ -284,10 +285,12 @@ def login():
         if is_throttled(email, address):
             return too_many_failures("auth/login.html", form=form, next=next_url)
         db = get_db()
-        # Accounts made before emails were NFKC-folded may hold another spelling.
+        # Accounts made before emails were NFKC-folded may hold the typed spelling.
+        typed = form.email.data.strip().lower()
         user = db.execute(
-            'SELECT "id", "password_hash" FROM "user" WHERE "email" IN (?, ?) ORDER BY "email" = ? DESC',
-            (email, form.email.data.strip().lower(), email),
+            'SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)
+        ).fetchone() or db.execute(
+            'SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (typed,)
         ).fetchone()
         if check_password(user, form.password.data):
             forget_failures(email)

@@ -48,6 +48,11 @@ SYSTEM_TABLES = {"account", "user", "login_attempt"}
 REQUIRED_TABLES = {"account", "user"}
 
 
+def is_entity_table(name):
+    """Not one of the app's own tables (schema_auth.sql, app_*)."""
+    return name not in SYSTEM_TABLES and not name.startswith("app_")
+
+
 class BackupError(Exception):
     """A backup or restore that cannot go on; the message says why."""
 
@@ -576,13 +581,12 @@ def check_tables(tables, expected):
         raise BackupError(
             f"it is not a backup of this app: it has no {', '.join(sorted(missing))} table"
         )
-    known = expected | SYSTEM_TABLES
-    foreign = sorted(t for t in tables - known if not t.startswith("app_"))
+    foreign = sorted(t for t in tables - expected if is_entity_table(t))
     if foreign:
         raise BackupError(
             f"it is not a backup of this app: unknown tables {', '.join(foreign)}"
         )
-    entities = expected - SYSTEM_TABLES - {t for t in expected if t.startswith("app_")}
+    entities = {t for t in expected if is_entity_table(t)}
     if entities and not entities & tables:
         raise BackupError(
             f"it is not a backup of this app: it has none of this app's tables "
