@@ -413,8 +413,10 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def gunicorn_env() -> str:
-    """The GUNICORN_* overrides of the generated config in this environment, if any."""
-    overrides = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("GUNICORN_"))
+    """The GUNICORN_* overrides of the generated config in this environment, if any, and
+    PAGE_CACHE (PAGE_CACHE=0: the app renders every page, see the app's pages.py)."""
+    overrides = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                         if k.startswith("GUNICORN_") or k == "PAGE_CACHE")
     return f", with {overrides}" if overrides else ""
 
 

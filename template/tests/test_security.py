@@ -4,9 +4,11 @@ import io
 import os
 import re
 import stat
+import time
+from datetime import timedelta
 
 import pytest
-from flask import session
+from flask import request, session
 
 from app import create_app
 from app.db import get_db
@@ -96,6 +98,42 @@ def test_session_cookie_renewed_once_a_day_of_use(client, auth):
     assert "Expires=" in cookie  # a new lifetime from today
     assert not client.get("/").headers.getlist("Set-Cookie")
     assert b"/logout" in client.get("/").data  # still logged in
+
+
+def logged_in_page(client):
+    return b"/logout" in client.get("/").data
+
+
+def test_a_remembered_cookie_still_expires(app, client, auth):
+    auth.signup()
+    assert logged_in_page(client) and logged_in_page(client)  # checked, then remembered
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(seconds=1)
+    time.sleep(2.1)
+    assert not logged_in_page(client)
+
+
+def test_a_remembered_cookie_follows_the_secret_key(app, client, auth):
+    auth.signup()
+    assert logged_in_page(client) and logged_in_page(client)
+    old = app.secret_key
+    app.secret_key = app.config["SECRET_KEY"] = "another key"
+    app.config["SECRET_KEY_FALLBACKS"] = [old]
+    assert logged_in_page(client)  # still signed with a key the app accepts
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert not logged_in_page(client)
+
+
+def test_a_remembered_cookie_gives_its_own_values_each_time(app, client, auth):
+    auth.signup()
+    with client.session_transaction() as s:
+        s["_flashes"] = [("success", "Once.")]
+    cookie = f"{app.config['SESSION_COOKIE_NAME']}={client.get_cookie(app.config['SESSION_COOKIE_NAME']).value}"
+    for _ in range(3):
+        with app.test_request_context("/", headers={"Cookie": cookie}):
+            opened = app.session_interface.open_session(app, request)
+            assert [message for _, message in opened["_flashes"]] == ["Once."]
+            opened["_flashes"].append(("error", "Twice?"))  # as flash() does
+            opened["user_id"] = -1
 
 
 # -- CSRF -------------------------------------------------------------------------
