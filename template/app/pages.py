@@ -9,9 +9,10 @@ restore`, the sqlite3 shell). A page asked for again before that costs little mo
 the session check every request makes; rendering it costs several times as much.
 
 Nothing is kept for a visitor who is not logged in, for a request that shows a flash
-message, or from a request that changed the session. Set PAGE_CACHE = False in the
-config (or PAGE_CACHE=0 in the environment) if a page of yours shows anything else, such
-as the time of day.
+message, or from a request that changed the session; nor at all if CSRF tokens expire
+(WTF_CSRF_TIME_LIMIT, off in create_app): a kept page's forms carry the token it was
+rendered with. Set PAGE_CACHE = False in the config (or PAGE_CACHE=0 in the
+environment) if a page of yours shows anything else, such as the time of day.
 """
 
 import functools
@@ -42,14 +43,15 @@ def cached(view):
         if getattr(_thread, "state", None) != state:
             _thread.state = state
             _thread.pages = {}  # key -> (body, headers), oldest first
-            _thread.size = 0  # bytes of the bodies
+            _thread.size = 0  # what the kept pages take (see size)
         key = (
             session["session_id"],
             session["csrf_token"],  # the page's forms carry the session's token
             request.script_root,
             request.full_path,
-            request.headers.get("HX-Request"),
-            request.headers.get("HX-History-Restore-Request"),
+            # As the views read them: the table alone, or the whole page.
+            bool(request.headers.get("HX-Request")),
+            bool(request.headers.get("HX-History-Restore-Request")),
         )
         page = _thread.pages.get(key)
         if page is not None:
@@ -64,13 +66,15 @@ def cached(view):
 
 
 def cacheable():
-    """A logged-in GET with nothing to show once (flash messages) and a CSRF token."""
+    """A logged-in GET with nothing to show once (flash messages) and a CSRF token
+    that never expires."""
     return (
         current_app.config["PAGE_CACHE"]
         and request.method == "GET"
         and g.user is not None
         and "_flashes" not in session
         and "csrf_token" in session
+        and current_app.config.get("WTF_CSRF_TIME_LIMIT", 3600) is None  # Flask-WTF's default
     )
 
 
@@ -78,7 +82,12 @@ def keep(key, body, headers):
     """Keep a page for this thread; past MAX_PAGES or MAX_BYTES, drop the oldest."""
     pages = _thread.pages
     pages[key] = (body, headers)
-    _thread.size += len(body)
+    _thread.size += size(key, body)
     while len(pages) > MAX_PAGES or _thread.size > MAX_BYTES:
-        oldest, _ = pages.pop(next(iter(pages)))
-        _thread.size -= len(oldest)
+        oldest = next(iter(pages))
+        _thread.size -= size(oldest, pages.pop(oldest)[0])
+
+
+def size(key, body):
+    """What a kept page takes, roughly: its body and its key (the URL: up to a few KB)."""
+    return len(body) + sum(len(part) for part in key if isinstance(part, str))
