@@ -2,7 +2,7 @@
 
 The cheesemaking vertical runs under gunicorn with its generated config; after a warm-up
 (sign-up, then every page type of every entity a few times, so templates are compiled
-and modules imported as in normal use) and a pause, the RSS and PSS of the master and
+and modules imported as in normal use) and 12 idle seconds, the RSS and PSS of the master and
 its workers are read from /proc/<pid>/smaps_rollup and summed. PSS shares each page
 among the processes that map it, so PSS totals add up across the apps of a box; RSS
 counts shared pages once per process.
@@ -52,7 +52,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench memory")
     parser.add_argument("--slug", default="cheesemaking")
     parser.add_argument("--rounds", type=int, default=5, help="warm-up rounds over every page (default 5)")
-    parser.add_argument("--settle", type=float, default=3, help="seconds idle before measuring (default 3)")
+    parser.add_argument("--settle", type=float, default=12,
+                        help="seconds idle before measuring (default 12: the generated config hands freed "
+                             "memory back after 5 idle seconds)")
     args = parser.parse_args(argv)
 
     harness.header(f"scripts/bench memory: {args.slug}, idle after {args.rounds} warm-up rounds")
