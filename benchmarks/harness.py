@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -101,12 +102,23 @@ def migrate(app_dir: Path, data_dir: Path) -> None:
         raise SystemExit(f"migrate failed in {app_dir}:\n{result.stdout}\n{result.stderr}")
 
 
-def generated_app(tmp: Path, slug: str) -> tuple[Path, Path]:
+def spec_slug(spec: Path) -> str:
+    """The slug a spec file names, for a vertical that is not in the repository."""
+    try:
+        return tomllib.loads(spec.read_text())["slug"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
+        raise SystemExit(f"{spec}: not a vertical spec with a slug ({e})")
+
+
+def generated_app(tmp: Path, slug: str, spec: Path | None = None) -> tuple[Path, Path]:
     """Clone the template repository into tmp, generate `slug`, migrate its database.
 
-    Returns the app folder and its DATA_DIR.
+    `spec`, a spec file from outside the repository, is added to the clone's verticals
+    first. Returns the app folder and its DATA_DIR.
     """
     root = clone_project(source_repo(), tmp / "vgen")
+    if spec is not None:
+        shutil.copyfile(spec, root / "verticals" / f"{slug}.toml")
     vgen(root, "generate", slug, "--out", str(tmp / "apps"))
     app_dir, data = tmp / "apps" / slug, tmp / "data"
     migrate(app_dir, data)

@@ -50,17 +50,20 @@ def hello_memory(hello: Path, config: Path, requests: int, settle: float, log: P
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="scripts/bench memory")
-    parser.add_argument("--slug", default="cheesemaking")
+    parser.add_argument("--slug", default="cheesemaking", help="an example vertical (default cheesemaking)")
+    parser.add_argument("--spec", type=Path, help="a spec file to generate instead (benchmarks/large.toml)")
     parser.add_argument("--rounds", type=int, default=5, help="warm-up rounds over every page (default 5)")
     parser.add_argument("--settle", type=float, default=12,
                         help="seconds idle before measuring (default 12: the generated config hands freed "
                              "memory back after 5 idle seconds)")
     args = parser.parse_args(argv)
+    if args.spec:
+        args.slug = harness.spec_slug(args.spec)
 
     harness.header(f"scripts/bench memory: {args.slug}, idle after {args.rounds} warm-up rounds")
     with tempfile.TemporaryDirectory(prefix="vgen-bench-memory-") as tmp:
         tmp = Path(tmp)
-        app_dir, data = harness.generated_app(tmp, args.slug)
+        app_dir, data = harness.generated_app(tmp, args.slug, args.spec)
         config = app_dir / "gunicorn.conf.py"
         entities = harness.answers(app_dir)["entities"]
 
