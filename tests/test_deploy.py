@@ -466,6 +466,21 @@ def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app
         assert "ETag" in headers and "Last-Modified" in headers
 
 
+def test_gunicorn_hooks_run_cleanly(tmp_path, gunicorn_app):
+    """The generated config's hooks (the freezes before the fork and after the import,
+    the time of each request, the trim once the worker is idle) raise nothing: gunicorn
+    and the trimming thread would only log it."""
+    for _ in range(3):
+        status, _, body = get(gunicorn_app, "/login")
+        assert status == 200 and b"<form" in body
+    time.sleep(11)  # idle: the trimming thread wakes every 5 s, trims after 5 idle s
+    status, _, _ = get(gunicorn_app, "/healthz")
+    assert status == 200
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "Booting worker" in log
+    assert "Traceback" not in log and "Exception" not in log, log
+
+
 @pytest.fixture
 def echo_upstream():
     """A stand-in for gunicorn answering each request with the headers it was sent."""
