@@ -1,11 +1,11 @@
 """scripts/bench memory: the memory of one idle generated app versus a bare Flask app.
 
-The cheesemaking vertical runs under gunicorn with its generated config; after a warm-up
-(sign-up, then every page type of every entity a few times, so templates are compiled
-and modules imported as in normal use) and 12 idle seconds, the RSS and PSS of the master and
-its workers are read from /proc/<pid>/smaps_rollup and summed. PSS shares each page
-among the processes that map it, so PSS totals add up across the apps of a box; RSS
-counts shared pages once per process.
+The cheesemaking vertical (or --slug, --spec) runs under gunicorn with its generated
+config; after a warm-up (sign-up, then every page type of every entity a few times, so
+templates are compiled and modules imported as in normal use) and 12 idle seconds, the
+RSS and PSS of the master and its workers are read from /proc/<pid>/smaps_rollup and
+summed. PSS shares each page among the processes that map it, so PSS totals add up
+across the apps of a box; RSS counts shared pages once per process.
 
 The baseline, same run: a bare Flask "hello" app under gunicorn with one worker (the
 same gunicorn config file, with GUNICORN_WORKERS=1), warmed up with as many requests.
