@@ -26,6 +26,9 @@ from .errors import VgenError
 from .gitrepo import git
 
 TEMPLATES_SUFFIX = ".jinja"
+# What of the repository makes the template: copier's configuration, the macros the
+# template files share (outside template/, so no app gets a copy) and the app tree.
+TEMPLATE_PATHS = ("copier.yml", "macros.jinja", "template")
 
 
 def template_commit(root: Path) -> str:
@@ -44,7 +47,7 @@ def template_version(root: Path, commit: str) -> str:
 
 def uncommitted_template_changes(root: Path) -> list[str]:
     """Template files changed but not committed: only committed content is rendered."""
-    out = git(root, "status", "--porcelain", "--", "template", "copier.yml", check=False)
+    out = git(root, "status", "--porcelain", "--", *TEMPLATE_PATHS, check=False)
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
@@ -56,7 +59,10 @@ def export(root: Path, commit: str) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{commit[:12]}.", dir=dest.parent))
-    archive = subprocess.run(["git", "archive", "--format=tar", commit, "copier.yml", "template"],
+    # An older commit may lack a path (macros.jinja came later): archive what it has.
+    present = set(git(root, "ls-tree", "--name-only", commit, check=False).splitlines())
+    paths = [p for p in TEMPLATE_PATHS if p in present] or list(TEMPLATE_PATHS)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, *paths],
                              cwd=root, capture_output=True)
     if archive.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)

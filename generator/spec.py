@@ -18,6 +18,7 @@ import json
 import keyword
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -76,7 +77,7 @@ SYSTEM_TABLES_SHOWN = ", ".join([*RESERVED_ENTITIES, *(p + "*" for p in RESERVED
 # Names an entity module must not take: the app package's own modules and folders, and
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
-    "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "values", "forms",
+    "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "spec", "values", "forms",
     "security",  # tests/test_<module>.py must not replace the app's tests/test_security.py
     "templates", "static", "tests", "flask", "werkzeug", "wtforms", "flask_wtf", "click",
     "session", "request", "g", "flash", "redirect", "url_for", "abort", "render_template",
@@ -196,6 +197,7 @@ class Vertical:
                     "min": f.min, "max": f.max, "choices": list(f.choices), "to": f.to,
                     "to_module": modules.get(f.to) if f.to else None,
                     "on_delete": f.on_delete, "renamed_from": f.renamed_from,
+                    **field_facts(f),
                 }
                 for f in e.fields
             ]
@@ -217,6 +219,26 @@ class Vertical:
         """A short stable hash of the normalized spec: changes when the app would."""
         data = json.dumps(self.answers(0), sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+def field_facts(f: Field) -> dict:
+    """What the template needs to know of a field's type, worked out here once
+    (docs/template-data.md) so that no template repeats a list of types."""
+    return {
+        "text_like": f.type in TEXT_LIKE,
+        "free_text": f.type in ("string", "text"),  # typed freely, any characters
+        # How SQLite stores it: decimals as scaled integers, booleans as 0/1, refs as ids.
+        "sql_type": "INTEGER" if f.type in ("integer", "decimal", "boolean", "ref") else "TEXT",
+        "numeric": f.type in ("integer", "decimal"),
+        # Decimals are stored as integers scaled by 10**places: "12.30" -> 1230.
+        "scaled_min": _scaled(f.min, f.places) if f.type == "decimal" else None,
+        "scaled_max": _scaled(f.max, f.places) if f.type == "decimal" else None,
+        "scaled_default": _scaled(f.default, f.places) if f.type == "decimal" else None,
+    }
+
+
+def _scaled(value, places: int) -> int | None:
+    return None if value is None else int(Decimal(value).scaleb(places))
 
 
 def backup_time(slug: str) -> tuple[int, int]:
@@ -737,24 +759,14 @@ class _Validator:
 # --- derived names --------------------------------------------------------------------
 
 
-# Display text lands in Jinja templates (the app's and copier's): template markup in it
-# would be read as code, so it is refused rather than half-escaped. A lone brace is
-# refused too: "Box {" next to the template's own "{% else %}" reads as "{{%".
-MARKUP = ("{{", "}}", "{%", "%}", "{#", "#}", "[[", "]]", "[%", "%]", "[#", "#]", "{", "}")
-
-
 def text_problem(value: str) -> str | None:
-    """Why a display text is refused, or None."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    """Why a display text is refused, or None.
+
+    Display text reaches the app as data (app/spec.json) and is escaped where it is
+    shown, so any characters work but control characters (a line break in a label).
+    """
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
         return "must be one line of text, without control characters"
-    found = next((m for m in MARKUP if m in value), None)
-    if found:
-        return f'must not contain "{found}" (template markup)'
-    # It also lands in the app's Python (docstrings, comments): keep it plain there.
-    if "\\" in value:
-        return "must not contain a backslash"
-    if '"""' in value:
-        return 'must not contain three double quotes in a row'
     return None
 
 

@@ -298,11 +298,11 @@ def test_customer_flow_in_a_real_browser(browser_page):
     assert download.suggested_filename == "batches.csv"
     records = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
     assert len(records) == 1, records
-    batch = records[0]
-    assert (batch["code"], batch["made_on"], batch["milk_liters"], batch["style"]) == ("B-001", "2024-05-01", "120.50", "brie")
-    assert (batch["room title"], batch["ready"], batch["wheels"]) == ("Cave A", "true", "14")
-    assert batch["notes"] == "Washed rind, turned daily"
-    assert batch["checked_at"].startswith("2024-05-02T09:30")
+    batch = records[0]  # the header shows the fields' labels, as the pages do
+    assert (batch["Code"], batch["Made on"], batch["Milk liters"], batch["Style"]) == ("B-001", "2024-05-01", "120.50", "brie")
+    assert (batch["Room title"], batch["Ready"], batch["Wheels"]) == ("Cave A", "true", "14")
+    assert batch["Notes"] == "Washed rind, turned daily"
+    assert batch["Checked at"].startswith("2024-05-02T09:30")
 
     # The session ends while the list is open: the live search then loads the whole
     # login page (htmx follows HX-Redirect) instead of swapping it into the table.

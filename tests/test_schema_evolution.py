@@ -506,6 +506,7 @@ JINJA = jinja2.Environment(
     block_start_string="[%", block_end_string="%]", variable_start_string="[[",
     variable_end_string="]]", comment_start_string="[#", comment_end_string="#]",
     keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+    loader=jinja2.FileSystemLoader(ROOT),  # for the template's macros.jinja
 )
 BASE = {
     "slug": "evolving",

@@ -1,5 +1,6 @@
 """Spec validation: every rule, with a bad input and its exact message."""
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
@@ -384,14 +385,36 @@ def test_any_document_gives_problems_not_a_traceback(data):
     assert all(p.startswith("verticals/shop.toml: ") for p in problems)
 
 
-@pytest.mark.parametrize("text, message", [
-    (GOOD.replace('name = "Shop"', 'name = "Shop {{ x }}"'), 'verticals/shop.toml: "name" must not contain "{{" (template markup)'),
-    (GOOD.replace('name = "Shop"', 'name = "Shop"\ntagline = "a\\nb"'), 'verticals/shop.toml: "tagline" must be one line of text, without control characters'),
-    (GOOD.replace('required = true', 'label = "T [% x %]"'), 'verticals/shop.toml: entity "item", field "title": "label" must not contain "[%" (template markup)'),
-    (GOOD.replace('type = "string", required = true', 'type = "choice", choices = ["a", "{% b"]'), 'verticals/shop.toml: entity "item", field "title": choice \'{% b\' must not contain "{%" (template markup)'),
-    (GOOD.replace('name = "item"', 'name = "item"\nlabel = "Box {"'), 'verticals/shop.toml: entity "item": "label" must not contain "{" (template markup)'),
+# Every display text of the hostile spec (tests/test_hostile_text.py): template markup of
+# both Jinja flavours, a backslash, quotes, three double quotes, HTML.
+HOSTILE = '{{ 7*7 }} {% raw %} \\n """ \' [[ x ]] <script>'
+
+
+WINDOWS = "C:\\ paths"
+
+
+def toml(text):
+    """A TOML basic string holding text (a JSON string is one, for these characters)."""
+    return json.dumps(text)
+
+
+@pytest.mark.parametrize("text", [
+    GOOD.replace('name = "Shop"', f"name = {toml(HOSTILE)}\ntagline = {toml(HOSTILE)}"),
+    GOOD.replace('required = true', f"label = {toml(HOSTILE)}, help = {toml(HOSTILE)}"),
+    GOOD.replace('type = "string", required = true',
+                 f'type = "choice", choices = [{toml(HOSTILE)}, "R&D {{lab}}", {toml(WINDOWS)}, "50% off"]'),
+    GOOD.replace('name = "item"', f'name = "item"\nlabel = "Box {{"\nplural = {toml(HOSTILE)}'),
 ])
-def test_display_text_never_carries_template_markup(tmp_path, text, message):
+def test_display_text_may_hold_any_characters(tmp_path, text):
+    assert problems_of(tmp_path, text) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD.replace('name = "Shop"', 'name = "Shop"\ntagline = "a\\nb"'), 'verticals/shop.toml: "tagline" must be one line of text, without control characters'),
+    (GOOD.replace('required = true', 'label = "T\\u2028x"'), 'verticals/shop.toml: entity "item", field "title": "label" must be one line of text, without control characters'),
+    (GOOD.replace('type = "string", required = true', 'type = "choice", choices = ["a", "b\\u0085"]'), 'verticals/shop.toml: entity "item", field "title": choice \'b\\x85\' must be one line of text, without control characters'),
+])
+def test_display_text_is_one_line_without_control_characters(tmp_path, text, message):
     assert problems_of(tmp_path, text) == [message]
 
 

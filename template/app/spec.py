@@ -1,0 +1,26 @@
+"""This vertical's spec as vgen normalized it, read from spec.json beside this file.
+
+Generated: vgen writes spec.json and this module again on every regeneration. Change
+the vertical's spec (verticals/<slug>.toml), not these files.
+
+Display text lives here as data, never in code: the vertical's name and tagline, each
+entity's label and plural, each field's label, help and choices. Views, forms and
+templates read them from here, and Jinja escapes them where a page shows them, so any
+text works, braces, quotes and backslashes included. migrate reads each field's type.
+"""
+
+import json
+from pathlib import Path
+
+_SPEC = json.loads(Path(__file__).with_name("spec.json").read_text(encoding="utf-8"))
+
+SLUG = _SPEC["slug"]
+NAME = _SPEC["name"]
+TAGLINE = _SPEC["tagline"]
+
+# The entities by name, in the spec's order; each with its fields by name, in order:
+# ENTITIES["batch"]["label"], ENTITIES["batch"]["fields"]["made_on"]["label"].
+ENTITIES = {
+    entity["name"]: {**entity, "fields": {field["name"]: field for field in entity["fields"]}}
+    for entity in _SPEC["entities"]
+}
