@@ -1,8 +1,8 @@
 """Random valid specs: every one generates an app that passes its own tests.
 
 The specs are drawn from a seeded generator (the same specs on every run) that favours
-what breaks templates: keyword names, names of the app's own modules, quotes and markup
-characters in labels and choices, tiny ranges, unique fields, self-refs and every
+what breaks templates: keyword names, names of the app's own modules, quotes, markup,
+backslashes and emoji in labels and choices, tiny ranges, unique fields, self-refs and every
 on_delete.
 """
 
@@ -24,7 +24,10 @@ NAMES = [
     "in", "not", "none", "true", "loop", "self", "items", "data", "errors", "meta", "name",
     "id_card", "date", "time", "link", "when", "kind", "status", "parent", "owner",
 ]
-TEXTS = ["Plain", "Ünïcode ✓", "O'Brien & <Co>", 'Size 12"', "50% off_now", "a--b", "Tab\u00a0space"]
+TEXTS = [
+    "Plain", "Ünïcode ✓", "O'Brien & <Co>", 'Size 12"', "50% off_now", "a--b", "Tab\u00a0space",
+    "R&D {lab}", "C:\\ paths\\", "{{ 7*7 }} {% raw %}", "[[ x ]] [% if %]", 'say """hi"""', "🐝 hive",
+]
 TYPES = ["string", "text", "integer", "decimal", "boolean", "date", "datetime", "email", "url", "choice", "ref"]
 
 
@@ -59,7 +62,7 @@ def random_field(rng: random.Random, name: str, entities: list[str]) -> str:
         if rng.random() < 0.5:
             parts += ["min = 0", "max = 99"]
     elif ftype == "choice":
-        choices = rng.sample(["a", "b_c", "it's", "100%", "x y", "Ünï", "--"], rng.randint(1, 4))
+        choices = rng.sample(["a", "b_c", "it's", "100%", "x y", "Ünï", "--", "{{ x }}", "C:\\", "🐝"], rng.randint(1, 4))
         parts.append("choices = [" + ", ".join(toml_str(c) for c in choices) + "]")
         if rng.random() < 0.4:
             parts.append(f"default = {toml_str(choices[0])}")
@@ -82,6 +85,7 @@ def random_spec(seed: int) -> str:
             fields = rng.sample(NAMES, rng.randint(1, 6))
             # refs point to entities of this spec, earlier ones or itself
             lines += ["[[entities]]", f"name = {toml_str(entity)}",
+                      f"label = {toml_str(rng.choice(TEXTS))}",
                       f"plural = {toml_str(entity + ' records')}", "fields = ["]
             lines += [random_field(rng, f, names[: index + 1]) for f in fields]
             lines += ["]", ""]
