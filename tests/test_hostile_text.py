@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -145,3 +147,27 @@ def test_a_browser_shows_the_texts_literally(hostile_app, project, tmp_path):
             assert header == ["id", *[HOSTILE] * 4, HOSTILE + " title", *[HOSTILE] * 3, "created_at", "updated_at"]
         finally:
             browser.close()
+
+
+def test_the_units_verify_with_hostile_text(hostile_app, tmp_path):
+    """The units name the vertical in comments and Description= (where systemd reads a
+    % as a specifier, so the template doubles it: test_texts_are_data_not_code)."""
+    from generator.install import install
+    from test_deploy import SYSTEMD_ANALYZE, exec_programs
+
+    root = tmp_path / "root"
+    install(["hostile"], root, hostile_app.parent)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    units = sorted((root / "etc/systemd/system").glob("hostile*.service"))
+    assert len(units) == 2
+    for unit in units:
+        for program in exec_programs(unit.read_text()):
+            stub = root / program.lstrip("/")
+            if not stub.exists():
+                stub.parent.mkdir(parents=True, exist_ok=True)
+                stub.write_text("#!/bin/sh\n")
+                stub.chmod(0o755)
+    for unit in units:
+        done = subprocess.run([SYSTEMD_ANALYZE, "verify", f"--root={root}", f"/etc/systemd/system/{unit.name}"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
