@@ -53,6 +53,13 @@ def root(apps, tmp_path_factory):
     """A scratch root with both apps installed, ready for systemd-analyze --root."""
     root = tmp_path_factory.mktemp("root")
     install(["sample", *EXAMPLES], root, apps)
+    prepare_for_verify(root)
+    return root
+
+
+def prepare_for_verify(root: Path) -> None:
+    """What systemd-analyze verify --root needs besides the installed units: systemd's
+    own units, and a stub for each program an installed unit runs."""
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     for unit in (root / "etc/systemd/system").glob("*.service"):
         for program in exec_programs(unit.read_text()):
@@ -61,7 +68,6 @@ def root(apps, tmp_path_factory):
                 stub.parent.mkdir(parents=True, exist_ok=True)
                 stub.write_text("#!/bin/sh\n")
                 stub.chmod(0o755)
-    return root
 
 
 def exec_programs(unit_text: str) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -153,20 +152,13 @@ def test_the_units_verify_with_hostile_text(hostile_app, tmp_path):
     """The units name the vertical in comments and Description= (where systemd reads a
     % as a specifier, so the template doubles it: test_texts_are_data_not_code)."""
     from generator.install import install
-    from test_deploy import SYSTEMD_ANALYZE, exec_programs
+    from test_deploy import SYSTEMD_ANALYZE, prepare_for_verify
 
     root = tmp_path / "root"
     install(["hostile"], root, hostile_app.parent)
-    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    prepare_for_verify(root)
     units = sorted((root / "etc/systemd/system").glob("hostile*.service"))
     assert len(units) == 2
-    for unit in units:
-        for program in exec_programs(unit.read_text()):
-            stub = root / program.lstrip("/")
-            if not stub.exists():
-                stub.parent.mkdir(parents=True, exist_ok=True)
-                stub.write_text("#!/bin/sh\n")
-                stub.chmod(0o755)
     for unit in units:
         done = subprocess.run([SYSTEMD_ANALYZE, "verify", f"--root={root}", f"/etc/systemd/system/{unit.name}"],
                               capture_output=True, text=True)
