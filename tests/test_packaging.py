@@ -22,6 +22,7 @@ import pytest
 
 from generator.errors import VgenError
 from generator.install import _requirements, enable_commands
+from generator.schema import schema_plan
 
 from conftest import ROOT, render_app, sample_answers
 
@@ -121,3 +122,16 @@ def test_pip_install_without_extras_gives_a_working_vgen(template_repo, project,
     app = tmp_path / "apps" / "cheesemaking"
     assert (app / ".copier-answers.yml").is_file() and (app / "app" / "batch.py").is_file()
     assert subprocess.run(["git", "status", "--porcelain"], cwd=app, capture_output=True, text=True).stdout == ""
+
+
+def test_a_schema_plan_without_the_apps_dependencies_says_what_to_install(template_repo, tmp_path):
+    app = render_app(template_repo, sample_answers(), tmp_path / "sample")
+    venv = tmp_path / "venv"  # a Python without flask, as after a plain `pip install .` of vgen
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    with pytest.raises(VgenError) as error:
+        schema_plan(app, python=str(venv / "bin" / "python"))
+    assert str(error.value) == (
+        f"{app}: no schema plan: migrate --dry-run runs the app with vgen's own Python ({venv}/bin/python), "
+        "which does not have the app's dependencies. Install them into it, as scripts/install does "
+        "(they are listed in the app's pyproject.toml)"
+    )
