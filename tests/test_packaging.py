@@ -64,13 +64,17 @@ def test_the_app_dependencies_are_written_once():
     assert not only_the_apps & listed_by_vgen
 
 
-def test_app_requirements_are_the_generated_apps_and_vgen_install_uses_them(template_repo, tmp_path):
+@pytest.fixture(scope="module")
+def sample_app(template_repo, tmp_path_factory) -> Path:
+    return render_app(template_repo, sample_answers(), tmp_path_factory.mktemp("apps") / "sample")
+
+
+def test_app_requirements_are_the_generated_apps_and_vgen_install_uses_them(sample_app):
     done = app_requirements()
     assert done.returncode == 0, done.stderr
     listed = done.stdout.split()
-    app = render_app(template_repo, sample_answers(), tmp_path / "sample")
-    assert tomllib.loads((app / "pyproject.toml").read_text())["project"]["dependencies"] == listed
-    pip = next(c for c in enable_commands(["sample"], tmp_path) if "/.venv/bin/pip install" in c)
+    assert tomllib.loads((sample_app / "pyproject.toml").read_text())["project"]["dependencies"] == listed
+    pip = next(c for c in enable_commands(["sample"], sample_app.parent) if "/.venv/bin/pip install" in c)
     assert shlex.split(pip)[-len(listed) - 1:] == ["--quiet", *listed]
 
 
@@ -124,8 +128,8 @@ def test_pip_install_without_extras_gives_a_working_vgen(template_repo, project,
     assert subprocess.run(["git", "status", "--porcelain"], cwd=app, capture_output=True, text=True).stdout == ""
 
 
-def test_a_schema_plan_without_the_apps_dependencies_says_what_to_install(template_repo, tmp_path):
-    app = render_app(template_repo, sample_answers(), tmp_path / "sample")
+def test_a_schema_plan_without_the_apps_dependencies_says_what_to_install(sample_app, tmp_path):
+    app = sample_app
     venv = tmp_path / "venv"  # a Python without flask, as after a plain `pip install .` of vgen
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     with pytest.raises(VgenError) as error:
