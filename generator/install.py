@@ -41,8 +41,6 @@ SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
 # Never copied from the generated app, never removed from the installed one.
 EXCLUDED = {"instance", ".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
-# What an app needs when its pyproject.toml does not say.
-DEFAULT_REQUIREMENTS = ["flask", "flask-wtf", "wtforms", "email-validator", "gunicorn"]
 
 
 @dataclass(frozen=True)
@@ -191,11 +189,17 @@ def _laid_by_vgen(path: Path, installed_as: str) -> bool:
 
 
 def _requirements(app: Path) -> list[str]:
+    """What the app's venv needs: the dependencies its own pyproject.toml lists."""
+    path = app / "pyproject.toml"
     try:
-        project = tomllib.loads((app / "pyproject.toml").read_text(encoding="utf-8"))
-        return list(project["project"]["dependencies"]) or DEFAULT_REQUIREMENTS
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return DEFAULT_REQUIREMENTS
+        project = tomllib.loads(path.read_text(encoding="utf-8")).get("project")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise VgenError(f"{path}: cannot read the app's dependencies ({e})") from e
+    requirements = project.get("dependencies") if isinstance(project, dict) else None
+    if not (isinstance(requirements, list) and requirements and all(isinstance(r, str) for r in requirements)):
+        raise VgenError(f"{path}: [project] dependencies must list what the app needs, "
+                        "as the template writes them: regenerate the app or repair the file")
+    return requirements
 
 
 def _excluded(name: str) -> bool:

@@ -44,6 +44,11 @@ def schema_plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.e
             raise VgenError(f"{app_dir}: could not run migrate --dry-run ({e})") from e
         output = (done.stdout + done.stderr).replace(scratch, str(data_dir)).strip()
     if done.returncode != 0 and "migration refused" not in output:
+        if output.endswith(": No module named flask"):
+            # vgen installed on its own (pip install .): the app's packages are not there.
+            raise VgenError(f"{app_dir}: no schema plan: migrate --dry-run runs the app with vgen's own Python "
+                            f"({python}), which does not have the app's dependencies. Install them into it, "
+                            "as scripts/install does (they are listed in the app's pyproject.toml)")
         raise VgenError(f"{app_dir}: migrate --dry-run failed:\n{output}")
     return output
 

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -87,9 +88,10 @@ class App:
             db.close()
 
 
-@pytest.fixture
-def app(app_dir, tmp_path):
-    app = App(app_dir, tmp_path / "data")
+@pytest.fixture(scope="module")
+def seeded(app_dir, tmp_path_factory) -> Path:
+    """A DATA_DIR migrated by the app and filled with 20000 rows, made once per module."""
+    app = App(app_dir, tmp_path_factory.mktemp("seeded") / "data")
     done = app.flask("migrate")
     assert done.returncode == 0, done.stderr
     db = app.connect()
@@ -100,8 +102,15 @@ def app(app_dir, tmp_path):
         [(f"room {i:05d} " + "x" * 40, i % 300, NOW, NOW) for i in range(20000)],
     )
     db.commit()
-    db.close()
-    return app
+    db.close()  # the last connection: the WAL is checkpointed into the file
+    return app.data_dir
+
+
+@pytest.fixture
+def app(app_dir, seeded, tmp_path):
+    """The app with its own copy of the seeded DATA_DIR."""
+    shutil.copytree(seeded, tmp_path / "data")
+    return App(app_dir, tmp_path / "data")
 
 
 def integrity(path) -> str:
@@ -141,6 +150,7 @@ print(i)
 """
 
 
+@pytest.mark.slow
 def test_backup_under_load_holds_every_committed_row(app, tmp_path):
     stop = tmp_path / "stop"
     writer = subprocess.Popen(
@@ -395,6 +405,7 @@ def not_an_app_database(path: Path) -> None:
     db.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, message",
     [
@@ -518,6 +529,7 @@ def worker_pids(master: int) -> list[int]:
     return children
 
 
+@pytest.mark.slow
 def test_kill_9_of_workers_loses_no_acknowledged_write(app_dir, tmp_path):
     data_dir = tmp_path / "data"
     port = free_port()

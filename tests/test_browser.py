@@ -28,6 +28,8 @@ import pytest
 
 from conftest import ROOT, generate, gunicorn, port_of, wait_for, wait_port_free
 
+pytestmark = pytest.mark.slow  # gunicorn and Chromium
+
 CHROMIUM = os.environ.get("VGEN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

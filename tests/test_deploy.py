@@ -32,6 +32,9 @@ from generator.spec import backup_time
 
 from conftest import EXAMPLES, example_answers, render_app, sample_answers
 
+# One worker for the whole file: its module fixtures generate six apps, once.
+pytestmark = pytest.mark.xdist_group("deploy")
+
 REPO = Path(__file__).resolve().parent.parent
 # Real tools, installed by .ci/run: a missing one fails the tests that need it, loudly.
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze (apt-get install systemd)"
@@ -455,6 +458,7 @@ def nginx_serving(app: Path, tmp: Path, upstream: int):
         nginx.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app):
     app = apps / "sample"
     with nginx_serving(app, tmp_path / "nginx", gunicorn_app) as listen:
@@ -472,6 +476,7 @@ def test_nginx_proxies_to_the_app_and_serves_static(apps, tmp_path, gunicorn_app
         assert "ETag" in headers and "Last-Modified" in headers
 
 
+@pytest.mark.slow
 def test_gunicorn_hooks_run_cleanly(tmp_path, gunicorn_app):
     """The generated config's hooks (the freezes before the fork and after the import,
     the time of each request, the trim once the worker is idle) raise nothing: gunicorn
@@ -513,6 +518,7 @@ def echo_upstream():
         server.server_close()
 
 
+@pytest.mark.slow
 def test_nginx_tells_the_app_its_port(apps, tmp_path, echo_upstream):
     """On a port other than 80/443 the app must know the port: Flask-WTF's HTTPS check
     compares the Referer, port included, with the app's own URL."""
@@ -524,6 +530,7 @@ def test_nginx_tells_the_app_its_port(apps, tmp_path, echo_upstream):
         assert sent["x-forwarded-port"] == str(listen)
 
 
+@pytest.mark.slow
 def test_nginx_never_shows_its_version(apps, tmp_path, echo_upstream):
     with nginx_serving(apps / "sample", tmp_path / "nginx", echo_upstream) as listen:
         wait_for(listen, "/")

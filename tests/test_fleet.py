@@ -149,6 +149,7 @@ def test_dry_run_writes_nothing_and_shows_the_diff(project):
     assert not project.app_dir("bravo").exists()
 
 
+@pytest.mark.slow
 def test_an_app_made_by_plain_copier_is_adopted(project, tmp_path):
     """An app from `copier copy` has no vgen/template branch: vgen derives it."""
     import sys
@@ -177,6 +178,7 @@ def test_an_app_made_by_plain_copier_is_adopted(project, tmp_path):
     assert "Hand edit." in readme.read_text()
 
 
+@pytest.mark.slow
 def test_status_reports_drift_hand_edits_health_and_backups(project):
     import json
 

@@ -124,6 +124,7 @@ def test_cli_check_lists_every_problem(project):
     assert 'ports.toml: vertical "broken" has no port' in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slug", EXAMPLES + ["everything", "edgy"])
 def test_generated_app_passes_its_own_tests(project, slug):
     if slug == "everything":
@@ -136,6 +137,7 @@ def test_generated_app_passes_its_own_tests(project, slug):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slug", ["email", "json", "site", "test"])
 def test_slugs_that_are_python_modules_generate_working_apps(project, slug):
     write_spec(project, slug, SMALL.format(slug=slug, name=slug.title()))
@@ -151,6 +153,7 @@ def test_slugs_that_are_python_modules_generate_working_apps(project, slug):
         assert result.returncode == 0, result.stdout[-4000:]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("example-ports")
 def test_scripts_run_serves_every_example_on_its_registered_port(tmp_path):
     """The README's main command: install, generate the examples, serve each on its port."""
@@ -208,6 +211,7 @@ def test_decimal_and_every_type_round_trip_through_the_schema(project):
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+@pytest.mark.slow
 def test_plain_copier_copy_of_the_repository_gives_the_same_app(project, tmp_path):
     assert generate(project, ["cheesemaking"])["cheesemaking"].status == "created"
     app = project.app_dir("cheesemaking")
@@ -269,6 +273,7 @@ def test_a_broken_spec_fails_its_vertical_and_the_others_go_on(project):
     assert not project.app_dir("broken").exists()
 
 
+@pytest.mark.slow
 def test_app_installs_in_its_own_venv_and_serves(project, tmp_path):
     assert generate(project, ["shiftfill"])["shiftfill"].status == "created"
     app = project.app_dir("shiftfill")

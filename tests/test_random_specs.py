@@ -18,6 +18,8 @@ from generator import spec
 
 from conftest import generate, run_app_tests, write_spec
 
+pytestmark = pytest.mark.slow  # each test runs a generated app's own suite
+
 NAMES = [
     "order", "group", "class", "from", "select", "table", "index", "session", "type", "db",
     "main", "values", "json", "item", "note", "where", "limit", "key", "value", "count",

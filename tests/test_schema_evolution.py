@@ -215,6 +215,7 @@ def first_field(entity: dict, type_: str, **where) -> dict | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("slug", EXAMPLES)
 def test_schema_evolution_matrix(project, slug):
     generate(project, [slug])
@@ -447,6 +448,7 @@ def master(db_path: Path) -> list:
     return rows
 
 
+@pytest.mark.slow
 def test_a_killed_migration_leaves_the_old_or_the_new_database(project, tmp_path):
     slug = "cheesemaking"
     app, data, db_path = filled_app(project, slug)
@@ -609,6 +611,7 @@ def entity_meanings(vertical: specs.Vertical) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_random_spec_changes_never_lose_a_committed_value(project, tmp_path):
     write_spec(project, "evolving", tomlkit.dumps(BASE))
     generate(project, ["evolving"])

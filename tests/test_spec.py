@@ -377,6 +377,7 @@ keys = st.sampled_from(sorted(spec.SPEC_KEYS | spec.ENTITY_KEYS | spec.COMMON_FI
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=6), max_leaves=30)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(keys, values, max_size=6))
 def test_any_document_gives_problems_not_a_traceback(data):
