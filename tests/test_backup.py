@@ -363,7 +363,7 @@ def test_backups_after_an_entity_left_the_spec_restore(app, template_repo, tmp_p
     later = App(render_app(template_repo, answers, tmp_path / "later"), app.data_dir)
     done = later.flask("migrate")
     assert done.returncode == 0, done.stderr
-    assert 'table "class" (1 rows) is no longer in the spec; its data is kept' in done.stdout
+    assert 'table "class" (1 row) is no longer in the spec; its data is kept' in done.stdout
     before = later.dump()
     path = later.backup()
     later.sql('DELETE FROM "aging_room" WHERE "id" > 10')

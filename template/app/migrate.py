@@ -304,13 +304,13 @@ def rename_tables(conn, wanted, entities, previous, drop_removed, result):
             if not drop_removed:
                 raise MigrationRefused([
                     f'table "{old}" cannot be renamed to "{name}" (renamed_from): a table "{name}" '
-                    f"that the spec no longer has is still there, kept with its {rows} rows. Drop it "
+                    f"that the spec no longer has is still there, kept with its {counted(rows, 'row')}. Drop it "
                     "and its data with `flask --app app migrate --drop-removed` (which also drops "
                     f'every other kept table and column) or by hand (DROP TABLE "{name}"), or give '
                     "the entity another name"
                 ], RENAME_HEADING)
             conn.execute(f'DROP TABLE "{name}"')
-            result.steps.append(f'dropped table "{name}" and its {rows} rows (no longer in the spec, in the way of a rename)')
+            result.steps.append(f'dropped table "{name}" and its {counted(rows, "row")} (no longer in the spec, in the way of a rename)')
             previous.pop(name, None)
         elif old not in live and name not in live:
             stray = [
@@ -490,13 +490,13 @@ def rebuild_table(conn, wanted, name, target, conversions, removed, drop_removed
         for c, (before, after) in conversions.items()
     ]
     if filled:
-        changes.append(f"filled {filled} empty values with their defaults")
+        changes.append(f"filled {counted(filled, 'empty value')} with their defaults")
     if drop_removed:
         changes += [f'dropped "{c}" and its data' for c in removed]
     else:
         changes += [f'kept "{c}" (no longer in the spec)' for c in removed]
     what = "; ".join(changes) or "new constraints"
-    result.steps.append(f'rebuilt table "{name}" ({rows} rows): {what}')
+    result.steps.append(f'rebuilt table "{name}" ({counted(rows, "row")}): {what}')
     result.touches_data = True
 
 
@@ -601,13 +601,13 @@ def removed_tables(conn, wanted, drop_removed, result):
         rows = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
         if drop_removed:
             conn.execute(f'DROP TABLE "{name}"')
-            result.steps.append(f'dropped table "{name}" and its {rows} rows')
+            result.steps.append(f'dropped table "{name}" and its {counted(rows, "row")}')
             result.touches_data = True
         else:
             if references(conn, name):
                 unlink_kept_table(conn, name, rows, result)
             result.kept.append(
-                f'table "{name}" ({rows} rows) is no longer in the spec; its data is kept '
+                f'table "{name}" ({counted(rows, "row")}) is no longer in the spec; its data is kept '
                 "(--drop-removed drops it)"
             )
 
@@ -664,7 +664,7 @@ def unlink_kept_table(conn, name, rows, result):
     for index in indexes:
         conn.execute(index)
     result.steps.append(
-        f'rebuilt kept table "{name}" ({rows} rows) without its references to '
+        f'rebuilt kept table "{name}" ({counted(rows, "row")}) without its references to '
         + ", ".join(f'"{t}"' for t in targets)
         + ": changes there no longer touch its rows"
     )
@@ -902,6 +902,11 @@ def describe_row(table, values, error):
 
 def listed(table, bad):
     return bad[:MAX_LISTED] + more(len(bad), f'rows of "{table}"')
+
+
+def counted(count, noun):
+    """A count and its noun, plural but for one: "1 row", "3 rows"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def more(count, what):

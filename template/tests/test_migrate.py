@@ -438,12 +438,12 @@ def test_an_entity_rename_onto_a_kept_table_is_refused_until_it_is_dropped(app):
     fields = entities({"title": ("string", None, None)}, "note_b", "note_a")
     message = refused(app, schema, fields)
     assert ('table "note_a" cannot be renamed to "note_b" (renamed_from): a table "note_b" that the spec no '
-            "longer has is still there, kept with its 1 rows.") in message
+            "longer has is still there, kept with its 1 row.") in message
     assert 'by hand (DROP TABLE "note_b")' in message
 
     conn = connect(app.config["DATABASE"])
     result = migrate.migrate(conn, schema, fields, drop_removed=True)
-    assert result.steps[:2] == ['dropped table "note_b" and its 1 rows (no longer in the spec, in the way of a rename)',
+    assert result.steps[:2] == ['dropped table "note_b" and its 1 row (no longer in the spec, in the way of a rename)',
                                 'renamed table "note_a" to "note_b"']
     assert [tuple(r) for r in conn.execute('SELECT "title" FROM "note_b" ORDER BY "id"')] == [("a1",), ("a2",)]
     conn.close()
@@ -467,7 +467,7 @@ def test_a_new_entity_renamed_before_migrate_is_created_beside_a_kept_table(app)
         conn, note_schema(['"title" TEXT'], table="note_a") + NOTE.format(table="note_d", columns='"title" TEXT'),
         {**entities(title, "note_a"), "note_d": entities(title, "note_d", "note_c")["note_d"]})
     assert 'created table "note_d"' in result.steps
-    assert result.kept == ['table "note_b" (1 rows) is no longer in the spec; its data is kept (--drop-removed drops it)']
+    assert result.kept == ['table "note_b" (1 row) is no longer in the spec; its data is kept (--drop-removed drops it)']
     conn.close()
 
 
