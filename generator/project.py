@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ports, spec
-from .errors import VgenError
+from .errors import Problem, VgenError
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Project:
         except ValueError:
             return str(path)
 
-    def load_verticals(self) -> tuple[list[spec.Vertical], list[str]]:
+    def load_verticals(self) -> tuple[list[spec.Vertical], list[Problem]]:
         return spec.load_verticals(self.verticals_dir, self.root)
 
     def slugs(self) -> list[str]:
@@ -71,11 +71,11 @@ def find_project(root: str | Path | None = None, out: str | Path | None = None) 
     return Project(root=root, out=Path(out).resolve())
 
 
-def check(project: Project) -> list[str]:
+def check(project: Project) -> list[Problem]:
     """Every problem in every spec and in ports.toml."""
     _, problems = project.load_verticals()
     try:
         registry = ports.load(project.ports_path)
-    except VgenError as exc:
-        return problems + (exc.problems or [str(exc)])
+    except VgenError as exc:  # ports.toml unreadable: its problems, then no registry to check
+        return problems + exc.problems
     return problems + ports.check(registry, project.slugs())

@@ -26,6 +26,9 @@ from .errors import VgenError
 from .gitrepo import git
 
 TEMPLATES_SUFFIX = ".jinja"
+# copier's record in each app of the template commit and the answers it was rendered
+# from: copier's default name, which the template's copier.yml keeps.
+ANSWERS_FILE = ".copier-answers.yml"
 
 
 def template_commit(root: Path) -> str:
@@ -82,7 +85,7 @@ class Template:
         except (OSError, yaml.YAMLError) as exc:
             raise VgenError(f"copier.yml at {commit[:12]}: {exc}") from None
         self.subdirectory = conf.get("_subdirectory", "")
-        self.answers_file = conf.get("_answers_file", ".copier-answers.yml")
+        self.answers_file = conf.get("_answers_file", ANSWERS_FILE)
         self.skip_if_exists = list(conf.get("_skip_if_exists", []))
         self.questions = [k for k in conf if not k.startswith("_")]
         self.env = _environment(self.src, conf.get("_envops", {}))

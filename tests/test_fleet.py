@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from generator import cli
-from generator.fleet import CONFLICT_BRANCH, TEMPLATE_BRANCH
+from generator.gitrepo import CONFLICT_BRANCH, TEMPLATE_BRANCH
 
 from conftest import generate, git, write_spec
 
@@ -35,6 +35,13 @@ def snapshot(app: Path) -> dict:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=app, capture_output=True, text=True).stdout
     status = subprocess.run(["git", "status", "--porcelain"], cwd=app, capture_output=True, text=True).stdout
     return {"files": files, "head": head, "status": status}
+
+
+def code_of(app: Path) -> dict:
+    """snapshot() without instance/, where SQLite may leave its -wal and -shm files."""
+    taken = snapshot(app)
+    taken["files"] = {k: v for k, v in taken["files"].items() if not k.startswith("instance/")}
+    return taken
 
 
 def change_template(root: Path, old: str, new: str, path="template/gunicorn.conf.py.jinja") -> None:
@@ -284,9 +291,10 @@ def test_generate_never_takes_over_a_folder_that_is_not_a_vgen_app(project):
 
 def test_new_takes_back_its_spec_and_port_when_generation_fails(project, monkeypatch):
     from generator import fleet
+    from generator.appupdate import Outcome, Status
 
     ports_before = project.ports_path.read_text()
-    monkeypatch.setattr(fleet, "run", lambda jobs, *a, **k: [fleet.Outcome(j.slug, "failed", message="boom") for j in jobs])
+    monkeypatch.setattr(fleet, "run", lambda jobs, *a, **k: [Outcome(j.slug, Status.FAILED, message="boom") for j in jobs])
     result = run_cli(project, "new", "bakery")
     assert result.exit_code == 1
     assert "failed (bakery): boom" in result.output
@@ -365,3 +373,56 @@ def test_a_damaged_answers_file_is_named(project):
     # The advice works.
     git(app, "checkout", "vgen/template", "--", ".copier-answers.yml")
     assert generate(project, ["alpha"])["alpha"].status == "updated"
+
+
+def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project):
+    """visits made required while a client has none: the app's migrate would refuse,
+    so the app would no longer start. The dry run says refused; generate leaves the app
+    as it was (its update set aside) and says what to do; once the data is fixed, it
+    goes through."""
+    import sqlite3
+
+    from generator.gitrepo import REFUSED_BRANCH
+
+    from conftest import migrate
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    migrate(app)
+    db_path = app / "instance" / "alpha.db"
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO account (id, name) VALUES (1, 'Acme')")
+    db.execute("INSERT INTO client (account_id, name, created_at, updated_at) VALUES (1, 'Ann', 't', 't')")
+    db.commit()
+    db.close()
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
+    before, data_before = code_of(app), db_path.read_bytes()
+    reason = "NOT NULL constraint failed: client.visits (visits=None): required now"
+
+    dry = run_cli(project, "generate", "alpha", "--dry-run")
+    assert dry.exit_code == 1, dry.output
+    assert "would be" not in dry.output and "refused" in dry.output
+    assert f"refused (alpha): left as it was: its database ({app}/instance) cannot take the new schema" in dry.output
+    assert reason in dry.output and '"client" id 1' in dry.output
+    assert code_of(app) == before and db_path.read_bytes() == data_before
+
+    result = run_cli(project, "generate", "alpha")
+    assert result.exit_code == 1, result.output
+    assert f"refused (alpha): left as it was; the update is on branch {REFUSED_BRANCH}: its database" in result.output
+    assert reason in result.output
+    assert ("Either change those rows first (set the missing values; for a removed or renamed choice, map its "
+            "rows to a choice the spec keeps), or change the spec back; then run vgen generate alpha again") in result.output
+    assert "1 refused in " in result.output
+    assert code_of(app) == before and db_path.read_bytes() == data_before
+    assert migrate(app).returncode == 0  # the app still starts on its data
+
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE client SET visits = 0")
+    db.commit()
+    db.close()
+    fixed = run_cli(project, "generate", "alpha")
+    assert fixed.exit_code == 0, fixed.output
+    assert "updated" in fixed.output
+    assert "migrated" in migrate(app).stdout
