@@ -175,6 +175,7 @@ def _update(job: Job) -> Outcome:
         try:
             if not gitrepo.branch_exists(app, TEMPLATE_BRANCH):
                 _adopt(app, job, Path(scratch) / "old")
+            rendered_before = gitrepo.git(app, "rev-parse", TEMPLATE_BRANCH).strip()
             fresh = Path(scratch) / "new"
             tpl.render(job.answers, fresh, str(job.root))
             _keep_skipped(app, fresh, tpl.skip_if_exists)
@@ -199,16 +200,18 @@ def _update(job: Job) -> Outcome:
     if gitrepo.head(app) == before:
         return Outcome(job.slug, Status.UNCHANGED)
     files = [f for f in files if f != render.ANSWERS_FILE]
-    return _check_database(job, before, original, files)
+    return _check_database(job, before, original, rendered_before, files)
 
 
-def _check_database(job: Job, before: str, original: str | None, files: list[str]) -> Outcome:
+def _check_database(job: Job, before: str, original: str | None, rendered_before: str,
+                    files: list[str]) -> Outcome:
     """Keep the merged update only if the app's database can take its schema.
 
     The app runs migrate before it serves: an update its data cannot take (a field
     made required over empty values, a choice removed that rows still use) would leave
-    an app that no longer starts. Such an update is undone, like a conflict, and set
-    aside on REFUSED_BRANCH; the database is only read. When migrate cannot be run at
+    an app that no longer starts. Such an update is undone (the app's branch and files,
+    and TEMPLATE_BRANCH, which is back at rendered_before) and set aside on
+    REFUSED_BRANCH; the database is only read. When migrate cannot be run at
     all here, the update stays and the outcome says so.
     """
     app = job.app_dir
@@ -223,6 +226,7 @@ def _check_database(job: Job, before: str, original: str | None, files: list[str
         return Outcome(job.slug, Status.UPDATED, files=files)
     gitrepo.git(app, "branch", "-f", REFUSED_BRANCH, "HEAD")
     gitrepo.restore(app, before, original)
+    gitrepo.git(app, "update-ref", f"refs/heads/{TEMPLATE_BRANCH}", rendered_before)
     return Outcome(job.slug, Status.REFUSED, files=files, message=_refusal(job, plan.text, kept=True))
 
 

@@ -44,6 +44,13 @@ def code_of(app: Path) -> dict:
     return taken
 
 
+def branches(app: Path) -> dict[str, str]:
+    """Each branch of the app's repository and the commit it points at."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads"],
+                         cwd=app, capture_output=True, text=True, check=True).stdout
+    return dict(line.split() for line in out.splitlines())
+
+
 def change_template(root: Path, old: str, new: str, path="template/gunicorn.conf.py.jinja") -> None:
     target = root / path
     text = target.read_text()
@@ -398,7 +405,7 @@ def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project)
     db.close()
     path = project.spec_path("alpha")
     path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
-    before, data_before = code_of(app), db_path.read_bytes()
+    before, data_before, branches_before = code_of(app), db_path.read_bytes(), branches(app)
     reason = "NOT NULL constraint failed: client.visits (visits=None): required now"
 
     dry = run_cli(project, "generate", "alpha", "--dry-run")
@@ -416,6 +423,7 @@ def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project)
             "rows to a choice the spec keeps), or change the spec back; then run vgen generate alpha again") in result.output
     assert "1 refused in " in result.output
     assert code_of(app) == before and db_path.read_bytes() == data_before
+    assert branches(app) == {**branches_before, REFUSED_BRANCH: branches(app)[REFUSED_BRANCH]}
     assert migrate(app).returncode == 0  # the app still starts on its data
 
     db = sqlite3.connect(db_path)
@@ -426,3 +434,103 @@ def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project)
     assert fixed.exit_code == 0, fixed.output
     assert "updated" in fixed.output
     assert "migrated" in migrate(app).stdout
+
+
+def test_generate_names_an_updated_app_that_is_running_its_old_code(project):
+    from conftest import gunicorn, port_of, wait_for, wait_port_free
+
+    write_spec(project, "served", SPEC.format(slug="served", name="Served"))
+    write_spec(project, "resting", SPEC.format(slug="resting", name="Resting"))
+    generate(project, ["served", "resting"])
+    port = port_of(project, "served")
+    for slug in ("served", "resting"):
+        path = project.spec_path(slug)
+        path.write_text(path.read_text().replace('name = "visits"', 'name = "calls"'))
+    wait_port_free(port)
+    with gunicorn(project.app_dir("served")):
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        result = run_cli(project, "generate", "served", "resting")
+    assert result.exit_code == 0, result.output
+    assert (f"served is running on port {port} with its old code: restart it to serve the new code "
+            "(stop vgen serve, then start it again)") in result.output
+    assert "resting is running" not in result.output
+    assert "2 updated in" in result.output
+
+
+def test_status_shows_the_latest_backup_of_either_kind(project):
+    """migrate's own backup before a rename counts as much as the nightly one."""
+    import json
+    import sqlite3
+
+    from conftest import migrate
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    migrate(app)
+    db = sqlite3.connect(app / "instance" / "alpha.db")
+    db.execute("INSERT INTO account (id, name) VALUES (1, 'Acme')")
+    db.execute("INSERT INTO client (account_id, name, created_at, updated_at) VALUES (1, 'Ann', 't', 't')")
+    db.commit()
+    db.close()
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('name = "visits",', 'name = "calls", renamed_from = "visits",'))
+    assert generate(project, ["alpha"])["alpha"].status == "updated"
+    assert "Backup taken before migrating" in migrate(app).stdout
+    taken = next((app / "instance" / "backups").glob("pre-migrate-alpha-*.db")).name
+    stamp = taken.removeprefix("pre-migrate-alpha-").removesuffix(".db")
+    shown = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+
+    def last_backup():
+        result = run_cli(project, "status")
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if line.startswith("alpha "))
+        return row.split()[-2:]
+
+    assert last_backup() == [shown, "(pre-migrate)"]
+    record = project.app_dir("alpha") / "instance" / "backups" / "last.json"
+    record.write_text(json.dumps({"verified": True, "last_good": {"time": "2000-01-01T03:00:00Z"}}))
+    assert last_backup() == [shown, "(pre-migrate)"]
+    record.write_text(json.dumps({"verified": True, "last_good": {"time": "2999-01-01T03:00:00Z"}}))
+    assert last_backup() == ["2999-01-01T03:00:00Z", "(backup)"]
+
+
+def test_serve_migrates_then_gives_gunicorns_command(project):
+    from generator import serve
+    from generator.errors import VgenError
+
+    from conftest import port_of
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    with pytest.raises(VgenError, match=r"is not a generated app: run vgen generate alpha first"):
+        serve.prepare(project, "alpha")
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    command = serve.prepare(project, "alpha")
+    assert command.argv[1:] == ["-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    assert (command.cwd, command.port) == (app, port_of(project, "alpha"))
+    assert command.env["DATA_DIR"] == str(app / "instance")
+    assert (app / "instance" / "alpha.db").is_file()  # migrated: created
+
+
+def test_new_vertical_is_a_library_call(project):
+    from generator.newvertical import new_vertical
+
+    from conftest import port_of
+
+    done = new_vertical(project, "bakery", "Bakery")
+    assert done.kept and done.failure(project) == ""
+    assert (done.started.spec_path, done.started.port) == (project.spec_path("bakery"), port_of(project, "bakery"))
+    assert done.report.by_slug()["bakery"].status == "created" and done.report.ok
+
+
+@pytest.mark.parametrize("command", [["generate", "alpha"], ["generate", "alpha", "--dry-run"], ["new", "bakery"]])
+def test_an_output_folder_under_a_plain_file_is_one_error_line(project, tmp_path, command):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    ports_before = project.ports_path.read_text()
+    (tmp_path / "file").write_text("not a folder\n")
+    result = CliRunner().invoke(cli.main, ["--project", str(project.root), *command, "--out", str(tmp_path / "file" / "apps")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: output folder {tmp_path}/file/apps is not a folder ({tmp_path}/file is a file)\n"
+    assert project.ports_path.read_text() == ports_before
+    assert not project.spec_path("bakery").exists()
