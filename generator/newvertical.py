@@ -149,17 +149,3 @@ fields = [
 ]
 '''
 
-
-def run(jobs: list[Job], workers: int | None = None, on_done=None) -> list[Outcome]:
-    """Run jobs in worker processes; call on_done(outcome) as each finishes."""
-    outcomes = []
-    # Unchanged verticals are found here, before any worker starts: reading an answers
-    # file is all they cost.
-    pending = []
-    for job in jobs:
-        if not job.dry_run and job.app_dir.exists() and is_current(job):
-            outcomes.append(Outcome(job.slug, "unchanged", port=job.answers["port"]))
-            if on_done:
-                on_done(outcomes[-1])
-        else:
-            pending.append(job)

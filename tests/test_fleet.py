@@ -382,14 +382,10 @@ def test_a_damaged_answers_file_is_named(project):
     assert generate(project, ["alpha"])["alpha"].status == "updated"
 
 
-def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project):
-    """visits made required while a client has none: the app's migrate would refuse,
-    so the app would no longer start. The dry run says refused; generate leaves the app
-    as it was (its update set aside) and says what to do; once the data is fixed, it
-    goes through."""
+def alpha_with_a_client(project) -> tuple[Path, Path]:
+    """The alpha app generated and migrated, with one client (Ann, no visits) in its
+    database: (app, database)."""
     import sqlite3
-
-    from generator.gitrepo import REFUSED_BRANCH
 
     from conftest import migrate
 
@@ -403,6 +399,21 @@ def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project)
     db.execute("INSERT INTO client (account_id, name, created_at, updated_at) VALUES (1, 'Ann', 't', 't')")
     db.commit()
     db.close()
+    return app, db_path
+
+
+def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project):
+    """visits made required while a client has none: the app's migrate would refuse,
+    so the app would no longer start. The dry run says refused; generate leaves the app
+    as it was (its update set aside) and says what to do; once the data is fixed, it
+    goes through."""
+    import sqlite3
+
+    from generator.gitrepo import REFUSED_BRANCH
+
+    from conftest import migrate
+
+    app, db_path = alpha_with_a_client(project)
     path = project.spec_path("alpha")
     path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
     before, data_before, branches_before = code_of(app), db_path.read_bytes(), branches(app)
@@ -460,19 +471,10 @@ def test_generate_names_an_updated_app_that_is_running_its_old_code(project):
 def test_status_shows_the_latest_backup_of_either_kind(project):
     """migrate's own backup before a rename counts as much as the nightly one."""
     import json
-    import sqlite3
 
     from conftest import migrate
 
-    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
-    generate(project, ["alpha"])
-    app = project.app_dir("alpha")
-    migrate(app)
-    db = sqlite3.connect(app / "instance" / "alpha.db")
-    db.execute("INSERT INTO account (id, name) VALUES (1, 'Acme')")
-    db.execute("INSERT INTO client (account_id, name, created_at, updated_at) VALUES (1, 'Ann', 't', 't')")
-    db.commit()
-    db.close()
+    app, _ = alpha_with_a_client(project)
     path = project.spec_path("alpha")
     path.write_text(path.read_text().replace('name = "visits",', 'name = "calls", renamed_from = "visits",'))
     assert generate(project, ["alpha"])["alpha"].status == "updated"
@@ -534,3 +536,24 @@ def test_an_output_folder_under_a_plain_file_is_one_error_line(project, tmp_path
     assert result.output == f"Error: output folder {tmp_path}/file/apps is not a folder ({tmp_path}/file is a file)\n"
     assert project.ports_path.read_text() == ports_before
     assert not project.spec_path("bakery").exists()
+
+
+def test_an_operating_system_error_is_one_error_line_naming_the_path(project, tmp_path):
+    """A plain file where vgen keeps its lock and template exports (.git/vgen), a project
+    under a plain file, a spec that is a folder: one line each, never a traceback."""
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    (project.root / ".git" / "vgen").write_text("in the way\n")
+    result = run_cli(project, "generate", "alpha")
+    assert result.exit_code == 1
+    assert result.output == f"Error: {project.root}/.git/vgen: File exists\n"
+
+    (tmp_path / "file").write_text("not a folder\n")
+    result = CliRunner().invoke(cli.main, ["--project", str(tmp_path / "file" / "vgen"), "check"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path}/file/vgen: not a vgen project (no copier.yml there)\n"
+
+    project.spec_path("bravo").mkdir()
+    result = CliRunner().invoke(cli.main, ["--project", str(project.root), "check"])
+    assert result.exit_code == 1
+    assert "  verticals/bravo.toml: cannot read the file ([Errno 21] Is a directory: " in result.output
+    assert "Traceback" not in result.output
