@@ -112,14 +112,16 @@ def generate(ctx, slugs, all_, out, jobs, dry_run, show_diff):
     report = _generate_with_progress(project, None if all_ else list(slugs), jobs, dry_run)
     if dry_run:
         for o in report.outcomes:
-            if o.diff or o.schema:
+            # A refusal's reason, printed below the table, is migrate's plan already.
+            schema = o.schema if o.status != Status.REFUSED else ""
+            if o.diff or schema:
                 console.print(f"\n== {escape(o.slug)} ==", highlight=False)
             if o.diff:
                 text = o.diff if show_diff else o.diff.split("diff --git", 1)[0]
                 console.print(text.rstrip(), markup=False, highlight=False)
-            if o.schema:
+            if schema:
                 console.print("Schema (flask --app app migrate --dry-run):", highlight=False)
-                console.print(o.schema.rstrip(), markup=False, highlight=False)
+                console.print(schema.rstrip(), markup=False, highlight=False)
     _print_report(project, report)
     if not report.ok:
         sys.exit(1)
