@@ -173,9 +173,12 @@ def _update(job: Job) -> Outcome:
     tpl = render.template(job.root, job.commit)
     with tempfile.TemporaryDirectory(prefix=f"vgen-{job.slug}-") as scratch:
         try:
-            if not gitrepo.branch_exists(app, TEMPLATE_BRANCH):
+            # Where the template branch was before this run; None when the app is adopted now.
+            rendered_before = None
+            if gitrepo.branch_exists(app, TEMPLATE_BRANCH):
+                rendered_before = gitrepo.git(app, "rev-parse", TEMPLATE_BRANCH).strip()
+            else:
                 _adopt(app, job, Path(scratch) / "old")
-            rendered_before = gitrepo.git(app, "rev-parse", TEMPLATE_BRANCH).strip()
             fresh = Path(scratch) / "new"
             tpl.render(job.answers, fresh, str(job.root))
             _keep_skipped(app, fresh, tpl.skip_if_exists)
@@ -203,15 +206,15 @@ def _update(job: Job) -> Outcome:
     return _check_database(job, before, original, rendered_before, files)
 
 
-def _check_database(job: Job, before: str, original: str | None, rendered_before: str,
+def _check_database(job: Job, before: str, original: str | None, rendered_before: str | None,
                     files: list[str]) -> Outcome:
     """Keep the merged update only if the app's database can take its schema.
 
     The app runs migrate before it serves: an update its data cannot take (a field
     made required over empty values, a choice removed that rows still use) would leave
     an app that no longer starts. Such an update is undone (the app's branch and files,
-    and TEMPLATE_BRANCH, which is back at rendered_before) and set aside on
-    REFUSED_BRANCH; the database is only read. When migrate cannot be run at
+    and TEMPLATE_BRANCH, back at rendered_before, or gone again for an app adopted in
+    this run) and set aside on REFUSED_BRANCH; the database is only read. When migrate cannot be run at
     all here, the update stays and the outcome says so.
     """
     app = job.app_dir
@@ -226,7 +229,10 @@ def _check_database(job: Job, before: str, original: str | None, rendered_before
         return Outcome(job.slug, Status.UPDATED, files=files)
     gitrepo.git(app, "branch", "-f", REFUSED_BRANCH, "HEAD")
     gitrepo.restore(app, before, original)
-    gitrepo.git(app, "update-ref", f"refs/heads/{TEMPLATE_BRANCH}", rendered_before)
+    if rendered_before:
+        gitrepo.git(app, "update-ref", f"refs/heads/{TEMPLATE_BRANCH}", rendered_before)
+    else:
+        gitrepo.git(app, "branch", "-D", TEMPLATE_BRANCH)
     return Outcome(job.slug, Status.REFUSED, files=files, message=_refusal(job, plan.text, kept=True))
 
 

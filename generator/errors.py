@@ -35,7 +35,7 @@ class VgenError(Exception):
     (for example by ``vgen check``) travel as one error with one line each.
     """
 
-    def __init__(self, message: str, problems: list[Problem | str] | None = None):
+    def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
 

@@ -557,3 +557,26 @@ def test_an_operating_system_error_is_one_error_line_naming_the_path(project, tm
     assert result.exit_code == 1
     assert "  verticals/bravo.toml: cannot read the file ([Errno 21] Is a directory: " in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_refused_update_of_an_app_without_its_template_branch_leaves_it_without(project):
+    """An app vgen adopts in the same run (no vgen/template yet, as copier makes them):
+    refused, it is left without the branch, so the next run adopts it anew."""
+    import sqlite3
+
+    from generator.gitrepo import REFUSED_BRANCH, TEMPLATE_BRANCH
+
+    app, db_path = alpha_with_a_client(project)
+    git(app, "branch", "-D", TEMPLATE_BRANCH)
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
+    before, branches_before = code_of(app), branches(app)
+    assert generate(project, ["alpha"])["alpha"].status == "refused"
+    assert code_of(app) == before
+    assert branches(app) == {**branches_before, REFUSED_BRANCH: branches(app)[REFUSED_BRANCH]}
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE client SET visits = 0")
+    db.commit()
+    db.close()
+    assert generate(project, ["alpha"])["alpha"].status == "updated"
+    assert TEMPLATE_BRANCH in branches(app)
