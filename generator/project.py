@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import ports, spec
 from .errors import Problem, VgenError
+from .gitrepo import git
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class Project:
 
     @property
     def ports_lock(self) -> Path:
-        """Held while ports.toml is read, assigned and written."""
-        return self.root / ".git" / "vgen" / "ports.lock"
+        """Held while ports.toml is read, assigned and written. It lives in the
+        repository's git folder, which in a git worktree is not root/.git (a file there)."""
+        git_dir = git(self.root, "rev-parse", "--absolute-git-dir", check=False).strip()
+        return Path(git_dir or self.root / ".git") / "vgen" / "ports.lock"
 
     def spec_path(self, slug: str) -> Path:
         return self.verticals_dir / f"{slug}.toml"

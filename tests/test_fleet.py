@@ -580,3 +580,17 @@ def test_a_refused_update_of_an_app_without_its_template_branch_leaves_it_withou
     db.close()
     assert generate(project, ["alpha"])["alpha"].status == "updated"
     assert TEMPLATE_BRANCH in branches(app)
+
+
+def test_a_project_in_a_git_worktree_generates(project, tmp_path):
+    """In a worktree, .git is a file: vgen's lock and exports go to the worktree's git folder."""
+    from generator.project import Project
+
+    git(project.root, "worktree", "add", "-q", str(tmp_path / "wt"))
+    tree = Project(root=tmp_path / "wt", out=tmp_path / "wt-apps")
+    assert (tree.root / ".git").is_file()
+    write_spec(tree, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    result = run_cli(tree, "generate", "alpha")
+    assert result.exit_code == 0, result.output
+    assert "1 created in" in result.output
+    assert tree.ports_lock.is_file() and project.root / ".git" in tree.ports_lock.parents
