@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import fleet, ports, project as projects, render
+from . import fleet, newvertical, ports, project as projects, serve as serving
 from . import install as install_mod, status as status_mod
+from .appupdate import Status
 from .errors import VgenError
 
 # Piped output (a file, grep, CI logs) is never cut to 80 columns: lines run as long as
@@ -23,20 +23,37 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
 
 STATUS_STYLE = {
-    "created": "green", "updated": "green", "unchanged": "dim",
-    "conflict": "yellow", "failed": "red",
+    Status.CREATED: "green", Status.UPDATED: "green", Status.UNCHANGED: "dim",
+    Status.CONFLICT: "yellow", Status.REFUSED: "red", Status.FAILED: "red",
 }
 
 
 class VgenGroup(click.Group):
-    """Turns a VgenError into `Error: ...` and exit code 1: never a traceback."""
+    """Turns a VgenError into `Error: ...` and exit code 1: never a traceback.
+
+    An operating-system error (a path under a plain file, a folder vgen may not write)
+    is the user's to fix too: one line naming the path.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except VgenError as exc:
-            err_console.print(f"[red]Error:[/red] {escape(str(exc))}", soft_wrap=True)
-            sys.exit(1)
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(os_error_text(exc))
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]Error:[/red] {escape(message)}", soft_wrap=True)
+    sys.exit(1)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line: the path (or paths) and what the system says."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    said = exc.strerror or str(exc)
+    return f"{' -> '.join(paths)}: {said}" if paths else said
 
 
 @click.group(cls=VgenGroup)
@@ -64,20 +81,14 @@ def new(ctx, slug, name, out):
     Nothing is kept when a step fails: no spec, no port, no app.
     """
     project = get_project(ctx, out)
-    started = fleet.start_vertical(project, slug, name)
+    done = newvertical.new_vertical(project, slug, name)
+    started = done.started
     console.print(f"Wrote {project.shown(started.spec_path)}")
     if started.assigned:
         console.print(f"Assigned port {started.port} to {slug} in ports.toml")
-    try:
-        outcomes = _generate(project, [slug], jobs=1)
-    except BaseException:
-        fleet.undo_start(project, started)
-        raise
-    if any(o.status != "created" for o in outcomes):
-        fleet.undo_start(project, started)
-        kept = "" if started.assigned else f" (its port {started.port} was there before and stays)"
-        raise VgenError(f"{slug} was not generated: removed {project.shown(started.spec_path)}"
-                        + (" and its port" if started.assigned else "") + kept)
+    _print_report(project, done.report)
+    if not done.kept:
+        raise VgenError(done.failure(project))
 
 
 @main.command()
@@ -91,79 +102,92 @@ def new(ctx, slug, name, out):
 def generate(ctx, slugs, all_, out, jobs, dry_run, show_diff):
     """Create each app that is missing and update each that exists.
 
-    Hand edits are kept (a three-way merge); a vertical that would conflict or fail is
-    left exactly as it was. The exit code is 1 when any vertical conflicts or fails.
+    Hand edits are kept (a three-way merge); a vertical that would conflict, whose
+    database would refuse the new schema, or that fails is left exactly as it was. The
+    exit code is 1 when any vertical conflicts, is refused or fails.
     """
     if bool(slugs) == all_:
         raise click.UsageError("name one or more verticals, or pass --all")
     project = get_project(ctx, out)
-    outcomes = _generate(project, None if all_ else list(slugs), jobs, dry_run)
+    report = _generate_with_progress(project, None if all_ else list(slugs), jobs, dry_run)
     if dry_run:
-        for o in outcomes:
-            if o.diff or o.schema:
+        for o in report.outcomes:
+            # A refusal's reason, printed below the table, is migrate's plan already.
+            schema = o.schema if o.status != Status.REFUSED else ""
+            if o.diff or schema:
                 console.print(f"\n== {escape(o.slug)} ==", highlight=False)
             if o.diff:
                 text = o.diff if show_diff else o.diff.split("diff --git", 1)[0]
                 console.print(text.rstrip(), markup=False, highlight=False)
-            if o.schema:
+            if schema:
                 console.print("Schema (flask --app app migrate --dry-run):", highlight=False)
-                console.print(o.schema.rstrip(), markup=False, highlight=False)
-    if any(o.status in ("conflict", "failed") for o in outcomes):
+                console.print(schema.rstrip(), markup=False, highlight=False)
+    _print_report(project, report)
+    if not report.ok:
         sys.exit(1)
 
 
-def _generate(project: projects.Project, slugs, jobs, dry_run=False) -> list[fleet.Outcome]:
-    dirty = render.uncommitted_template_changes(project.root)
-    if dirty:
-        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-        err_console.print(
-            f"[yellow]Warning:[/yellow] uncommitted template changes are not used ({escape(shown)}): "
-            "apps are rendered from the last commit of the template", soft_wrap=True)
-    job_list, failures, new_ports = fleet.plan(project, slugs, dry_run=dry_run)
-    for slug, port in new_ports.items():
-        verb = "Would assign" if dry_run else "Assigned"
+def _generate_with_progress(project: projects.Project, slugs, jobs, dry_run) -> fleet.Report:
+    """fleet.generate, with a progress bar on a terminal when there is more than one app."""
+    if not console.is_terminal:
+        return fleet.generate(project, slugs, jobs, dry_run)
+    # No auto-refresh: a refresh thread must not run while fleet.run forks workers.
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True, auto_refresh=False)
+    task = None
+
+    def advance(outcome, done, total):
+        nonlocal task
+        if total < 2:
+            return
+        if task is None:
+            progress.start()
+            task = progress.add_task("generating", total=total)
+        progress.update(task, completed=done, description=f"{outcome.slug} {outcome.status}")
+        progress.refresh()
+
+    try:
+        return fleet.generate(project, slugs, jobs, dry_run, on_done=advance)
+    finally:
+        progress.stop()
+
+
+def _print_report(project: projects.Project, report: fleet.Report) -> None:
+    for warning in report.warnings:
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", soft_wrap=True)
+    for slug, port in report.new_ports.items():
+        verb = "Would assign" if report.dry_run else "Assigned"
         console.print(f"{verb} port {port} to {slug} in ports.toml")
-    if len(job_list) > 1 and console.is_terminal:
-        # No auto-refresh: a refresh thread must not run while fleet.run forks workers.
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True, auto_refresh=False) as progress:
-            task = progress.add_task("generating", total=len(job_list))
-
-            def advance(outcome):
-                progress.update(task, advance=1, description=f"{outcome.slug} {outcome.status}")
-                progress.refresh()
-
-            outcomes = fleet.run(job_list, jobs, on_done=advance)
-    else:
-        outcomes = fleet.run(job_list, jobs)
-    outcomes += failures
-    _print_outcomes(project, outcomes, dry_run)
-    return outcomes
-
-
-def _print_outcomes(project, outcomes, dry_run=False) -> None:
     table = Table(show_edge=False, box=None, pad_edge=False)
     for column in ("vertical", "port", "outcome", "files"):
         table.add_column(column, overflow="fold")
-    for o in outcomes:
+    for o in report.outcomes:
         shown = ", ".join(o.files[:6]) + (f" and {len(o.files) - 6} more" if len(o.files) > 6 else "")
-        if o.status == "conflict":
+        if o.status == Status.CONFLICT:
             shown += f" ({o.message})"
         style = STATUS_STYLE.get(o.status, "")
-        status = ("would be " if dry_run and o.status in ("created", "updated") else "") + o.status
+        would = report.dry_run and o.status in (Status.CREATED, Status.UPDATED)
+        status = ("would be " if would else "") + o.status
         table.add_row(o.slug, str(o.port or ""), f"[{style}]{status}[/{style}]", escape(shown))
     console.print(table)
-    reasons: dict[str, list[str]] = {}
-    for o in outcomes:
-        if o.status == "failed":
-            reasons.setdefault(o.message, []).append(o.slug)
-    for reason, slugs in reasons.items():
-        console.print(f"[red]failed[/red] ({', '.join(slugs)}): {escape(reason)}", soft_wrap=True)
+    # Refusals and failures with their reasons, one line per reason; a refusal's reason
+    # names its own rows and database, so each is printed on its own.
+    reasons: dict[tuple[Status, str], list[str]] = {}
+    for o in report.outcomes:
+        if o.status in (Status.REFUSED, Status.FAILED) or (o.status == Status.UPDATED and o.message):
+            reasons.setdefault((o.status, o.message), []).append(o.slug)
+    for (status, reason), slugs in reasons.items():
+        style = STATUS_STYLE.get(status, "")
+        console.print(f"[{style}]{status}[/{style}] ({', '.join(slugs)}): {escape(reason)}", soft_wrap=True)
+    for o in report.serving:
+        console.print(f"[yellow]{o.slug} is running on port {o.port} with its old code: "
+                      "restart it to serve the new code[/yellow] (stop vgen serve, then start it again)",
+                      soft_wrap=True)
     counts: dict[str, int] = {}
-    for o in outcomes:
+    for o in report.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    console.print(f"{summary} in {project.out}" + (" (dry run: nothing written)" if dry_run else ""))
+    console.print(f"{summary} in {project.out}" + (" (dry run: nothing written)" if report.dry_run else ""))
 
 
 @main.command()
@@ -224,8 +248,9 @@ def status(ctx, out):
             template = f"[yellow]{row.template} (behind)[/yellow]"
         spec_state = {True: "[yellow]changed[/yellow]", False: "same", None: "-"}[row.spec_changed]
         health = "[green]ok[/green]" if row.health == "ok" else f"[red]{row.health}[/red]"
+        backup = f"{row.last_backup} ({row.last_backup_kind})" if row.last_backup else "-"
         table.add_row(row.slug, str(row.port or "-"), template, spec_state, yes_no[row.hand_edits],
-                      health, row.last_backup or "-")
+                      health, backup)
     console.print(table)
 
 
@@ -259,18 +284,10 @@ def install(ctx, slugs, all_, root, out):
 def serve(ctx, slug, out):
     """Migrate, then run one generated app under gunicorn on its port."""
     project = get_project(ctx, out)
-    app = project.app_dir(slug)
-    if not (app / "gunicorn.conf.py").is_file():
-        raise VgenError(f"{app} is not a generated app: run vgen generate {slug} first")
-    registry = ports.load(project.ports_path)
-    env = dict(os.environ)
-    env.setdefault("DATA_DIR", str(app / "instance"))
-    migrate = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env)
-    if migrate.returncode != 0:
-        raise VgenError(f"{slug}: flask --app app migrate failed; the app was not started")
-    console.print(f"Serving {slug} on http://127.0.0.1:{registry.ports.get(slug, '?')}/ (Ctrl-C stops)")
-    os.chdir(app)
-    os.execve(sys.executable, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env)
+    command = serving.prepare(project, slug)
+    console.print(f"Serving {slug} on http://127.0.0.1:{command.port or '?'}/ (Ctrl-C stops)")
+    os.chdir(command.cwd)
+    os.execve(command.argv[0], command.argv, command.env)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Atomic file writes (a reader sees the old file or the new one, never a half) and locks."""
+"""Atomic file writes (a reader sees the old file or the new one, never a half), locks,
+and the check of a folder the user names before vgen writes in it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import VgenError
 
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
@@ -50,3 +53,22 @@ def locked(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_folder(path: Path, option: str) -> None:
+    """Raise VgenError unless path is a folder vgen can write in, or can become one.
+
+    Checked before any work starts, so that a folder the user names (--out, --root) that
+    lies under a plain file, or where vgen may not write, is one clear error naming it
+    instead of an OSError from half-way through.
+    """
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise VgenError(f"{option} {path} is not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing})"
+        raise VgenError(f"{option} {path}: permission denied{where}")

@@ -8,6 +8,12 @@ from pathlib import Path
 
 from .errors import VgenError
 
+# The app repository's branches vgen keeps: exactly what the template rendered each time
+# (no hand edits), and the would-be result of a regeneration that was not kept.
+TEMPLATE_BRANCH = "vgen/template"
+CONFLICT_BRANCH = "vgen/conflict"
+REFUSED_BRANCH = "vgen/refused"
+
 # Used only when git has no identity configured (a fresh CI machine, a new box).
 IDENTITY = ["-c", "user.name=vgen", "-c", "user.email=vgen@localhost"]
 

@@ -31,13 +31,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VgenError
+from .errors import Problem, VgenError
+from .fsutil import check_folder
+from .spec import SLUG_RE
 
 APPS_DIR = Path("srv/vgen")  # under the root; the units' WorkingDirectory
 # Where systemd finds units (under the root): a unit of the slug's name in any of them
 # is the system's, which the app's would replace or override.
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
-SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
 # Never copied from the generated app, never removed from the installed one.
 EXCLUDED = {"instance", ".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo")
@@ -54,21 +55,69 @@ class Laid:
 def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
     """Lay each vertical's app, units, cron file and nginx site under root."""
     root, out = Path(root), Path(out)
-    if root.exists() and not root.is_dir():
-        raise VgenError(f"--root {root} is not a folder")
+    check_folder(root, "--root")
     if not slugs:
         raise VgenError("no vertical to install: name one or more, or use --all")
     apps = [_generated_app(slug, out) for slug in slugs]
     _check_no_static_users(slugs, root)
     _check_not_the_systems(slugs, root)
     laid: list[Laid] = []
-    for slug, app in zip(slugs, apps):
-        deploy = app / "deploy"
-        laid += _mirror(app, root / APPS_DIR / slug)
-        for source, target in _deploy_files(slug):
-            laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644))
-        laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug)))
+    journal = _Journal()
+    try:
+        for slug, app in zip(slugs, apps):
+            deploy = app / "deploy"
+            laid += _mirror(app, root / APPS_DIR / slug, journal)
+            for source, target in _deploy_files(slug):
+                laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644, journal))
+            laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug), journal))
+    except OSError as exc:
+        journal.undo()
+        where = exc.filename if exc.filename is not None else root
+        raise VgenError(f"{where}: {exc.strerror or exc}; vgen install took back what it had laid "
+                        f"under {root}, so nothing changed there") from None
+    except BaseException:
+        journal.undo()
+        raise
     return laid
+
+
+class _Journal:
+    """What install() changed, so that a step failing half-way (a full disk, a folder
+    it may not write) can put everything back: never a half-installed vertical."""
+
+    def __init__(self):
+        self._undo = []  # what puts each change back, in the order the changes were made
+
+    def before_change(self, path: Path) -> None:
+        """Remember path as it is (a file, a link or nothing) before it is written or removed."""
+        if path.is_symlink():
+            target = os.readlink(path)
+            self._undo.append(lambda: (path.unlink(missing_ok=True), os.symlink(target, path)))
+        elif path.is_file():
+            content, mode = path.read_bytes(), path.stat().st_mode & 0o777
+            self._undo.append(lambda: (path.write_bytes(content), os.chmod(path, mode)))
+        else:
+            self._undo.append(lambda: path.unlink(missing_ok=True))
+
+    def before_mkdir(self, path: Path) -> None:
+        """Remember the folders `mkdir -p path` is about to create, to remove them again."""
+        missing = []
+        while not os.path.lexists(path) and path != path.parent:
+            missing.append(path)
+            path = path.parent
+        for folder in reversed(missing):  # parents first: undone in reverse, deepest first
+            self._undo.append(lambda folder=folder: folder.rmdir() if folder.is_dir() else None)
+
+    def removed_dir(self, path: Path, mode: int) -> None:
+        self._undo.append(lambda: (path.mkdir(exist_ok=True), os.chmod(path, mode)))
+
+    def undo(self) -> None:
+        for step in reversed(self._undo):
+            try:
+                step()
+            except OSError:
+                pass  # put back all that can be; the error that stopped install is reported
+        self._undo.clear()
 
 
 def _deploy_files(slug: str) -> list[tuple[str, str]]:
@@ -151,7 +200,7 @@ def _check_not_the_systems(slugs: list[str], root: Path) -> None:
     /etc/systemd/system would override it, and enabling it would replace that service.
     A cron.d file or an nginx site of the slug's name that is not vgen's is the admin's.
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     seen: set[str] = set()  # /lib is often a link to /usr/lib: one problem per file
     for slug in slugs:
         for unit in (f"{slug}.service", f"{slug}-backup.service"):
@@ -161,16 +210,16 @@ def _check_not_the_systems(slugs: list[str], root: Path) -> None:
                 if os.path.lexists(path) and real not in seen:
                     seen.add(real)
                     if not _laid_by_vgen(path, f"/etc/systemd/system/{unit}"):
-                        problems.append(f"{path}: the box already has a unit {unit}, which the "
-                                        "vertical's would replace; give the vertical another slug")
+                        problems.append(Problem(str(path), "", f"the box already has a unit {unit}, which the "
+                                                "vertical's would replace; give the vertical another slug"))
         for target in (f"etc/cron.d/{slug}", f"etc/nginx/sites-available/{slug}.conf"):
             path = root / target
             if os.path.lexists(path) and not _laid_by_vgen(path, f"/{target}"):
-                problems.append(f"{path}: not laid by vgen; move it away, or give the vertical another slug")
+                problems.append(Problem(str(path), "", "not laid by vgen; move it away, or give the vertical another slug"))
         link = root / _site_link(slug)
         if os.path.lexists(link) and not (link.is_symlink() and os.readlink(link) == _site_target(slug)):
-            problems.append(f"{link}: not the link vgen makes (-> {_site_target(slug)}); "
-                            "move it away, or give the vertical another slug")
+            problems.append(Problem(str(link), "", f"not the link vgen makes (-> {_site_target(slug)}); "
+                                    "move it away, or give the vertical another slug"))
     if problems:
         raise VgenError("vgen install would replace files it did not lay; nothing was written", problems)
 
@@ -206,7 +255,7 @@ def _excluded(name: str) -> bool:
     return name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES)
 
 
-def _mirror(source: Path, target: Path) -> list[Laid]:
+def _mirror(source: Path, target: Path, journal: _Journal) -> list[Laid]:
     """Make target hold exactly source's files (minus the excluded ones)."""
     laid = []
     wanted: set[Path] = set()
@@ -222,7 +271,7 @@ def _mirror(source: Path, target: Path) -> list[Laid]:
                 raise VgenError(f"{path} is a symbolic link: install copies plain files only")
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
             wanted.add(rel / name)
-            laid.append(_lay_file(target / rel / name, path.read_bytes(), mode))
+            laid.append(_lay_file(target / rel / name, path.read_bytes(), mode, journal))
     # Remove what the app no longer has, deepest first, leaving the excluded alone.
     for folder, dirs, files in os.walk(target, topdown=False):
         rel = Path(folder).relative_to(target)
@@ -230,15 +279,17 @@ def _mirror(source: Path, target: Path) -> list[Laid]:
             continue
         for name in files:
             if not _excluded(name) and rel / name not in wanted:
+                journal.before_change(Path(folder) / name)
                 (Path(folder) / name).unlink()
                 laid.append(Laid(Path(folder) / name, "removed"))
         if rel not in wanted and not any(Path(folder).iterdir()):
+            journal.removed_dir(Path(folder), Path(folder).stat().st_mode & 0o777)
             Path(folder).rmdir()
             laid.append(Laid(Path(folder), "removed"))
     return laid
 
 
-def _lay_file(path: Path, content: bytes, mode: int) -> Laid:
+def _lay_file(path: Path, content: bytes, mode: int, journal: _Journal) -> Laid:
     """Write path atomically unless it already holds content with mode."""
     if path.is_file() and not path.is_symlink():
         if (path.stat().st_mode & 0o777) == mode and path.read_bytes() == content:
@@ -246,7 +297,8 @@ def _lay_file(path: Path, content: bytes, mode: int) -> Laid:
         status = "updated"
     else:
         status = "created"
-    _make_dirs(path.parent)
+    _make_dirs(path.parent, journal)
+    journal.before_change(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -262,13 +314,14 @@ def _lay_file(path: Path, content: bytes, mode: int) -> Laid:
     return Laid(path, status)
 
 
-def _lay_symlink(path: Path, target: str) -> Laid:
+def _lay_symlink(path: Path, target: str, journal: _Journal) -> Laid:
     if path.is_symlink() and os.readlink(path) == target:
         return Laid(path, "unchanged")
     if path.exists() and not path.is_symlink():
         raise VgenError(f"{path} exists and is not a symbolic link: move it away first")
     status = "updated" if path.is_symlink() else "created"
-    _make_dirs(path.parent)
+    _make_dirs(path.parent, journal)
+    journal.before_change(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
@@ -277,7 +330,8 @@ def _lay_symlink(path: Path, target: str) -> Laid:
     return Laid(path, status)
 
 
-def _make_dirs(path: Path) -> None:
+def _make_dirs(path: Path, journal: _Journal) -> None:
+    journal.before_mkdir(path)
     # 0755: the app's dynamic user and nginx (www-data) must read the app and its static files.
     old = os.umask(0o022)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from .errors import VgenError
+from .errors import Problem, VgenError
 from .fsutil import atomic_write_text
 
 DEFAULT_FIRST = 8100
@@ -54,33 +54,33 @@ def load(path: Path) -> Registry:
     try:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     except (TOMLKitError, UnicodeDecodeError) as exc:
-        raise VgenError(f"{path.name}: TOML syntax error: {exc}") from None
+        raise VgenError(f"{path.name} is not valid", [Problem(path.name, "", f"TOML syntax error: {exc}")]) from None
     problems = []
     unknown = set(doc) - {"range", "ports"}
     for key in sorted(unknown):
-        problems.append(f'{path.name}: unknown key "{key}" (allowed: range, ports)')
+        problems.append(Problem(path.name, "", f'unknown key "{key}" (allowed: range, ports)'))
     rng = doc.get("range", {})
     if not isinstance(rng, dict):
-        problems.append(f"{path.name}: range must be a table ([range] with first, last, reserved), not {_shown(rng)}")
+        problems.append(Problem(path.name, "", f"range must be a table ([range] with first, last, reserved), not {_shown(rng)}"))
         rng = {}
     table = doc.get("ports", {})
     if not isinstance(table, dict):
-        problems.append(f"{path.name}: ports must be a table ([ports] with one slug = port line each), not {_shown(table)}")
+        problems.append(Problem(path.name, "", f"ports must be a table ([ports] with one slug = port line each), not {_shown(table)}"))
         table = {}
     first = rng.get("first", DEFAULT_FIRST)
     last = rng.get("last", DEFAULT_LAST)
     reserved = rng.get("reserved", None)
     for key in set(rng) - {"first", "last", "reserved"}:
-        problems.append(f'{path.name}: [range]: unknown key "{key}" (allowed: first, last, reserved)')
+        problems.append(Problem(path.name, "[range]", f'unknown key "{key}" (allowed: first, last, reserved)'))
     if not _is_port(first) or not _is_port(last) or first > last:
-        problems.append(f"{path.name}: [range]: first ({first}) and last ({last}) must be ports from 1024 to 65535 with first <= last")
+        problems.append(Problem(path.name, "[range]", f"first ({first}) and last ({last}) must be ports from 1024 to 65535 with first <= last"))
     if reserved is not None and (not isinstance(reserved, list) or not all(_is_port(p) for p in reserved)):
-        problems.append(f"{path.name}: [range]: reserved must be a list of ports")
+        problems.append(Problem(path.name, "[range]", "reserved must be a list of ports"))
         reserved = None
     ports = {}
     for slug, port in table.items():
         if not _is_port(port):
-            problems.append(f'{path.name}: [ports]: "{slug}" = {port!r} is not a port number')
+            problems.append(Problem(path.name, "[ports]", f'"{slug}" = {port!r} is not a port number'))
         else:
             ports[slug] = int(port)
     if problems:
@@ -137,7 +137,7 @@ def save(registry: Registry) -> None:
     registry.doc = doc
 
 
-def check(registry: Registry, slugs) -> list[str]:
+def check(registry: Registry, slugs) -> list[Problem]:
     """Every problem in the registry against the verticals that exist."""
     name = registry.path.name
     problems = []
@@ -151,13 +151,13 @@ def check(registry: Registry, slugs) -> list[str]:
     for slug, port in sorted(registry.ports.items()):
         problems.extend(_misplaced(registry, slug))
         if slug not in slugs:
-            problems.append(f'{name}: "{slug}" has a port but no verticals/{slug}.toml')
+            problems.append(Problem(name, "", f'"{slug}" has a port but no verticals/{slug}.toml'))
     for slug in sorted(slugs - set(registry.ports)):
-        problems.append(f'{name}: vertical "{slug}" has no port (vgen generate {slug} assigns one)')
+        problems.append(Problem(name, "", f'vertical "{slug}" has no port (vgen generate {slug} assigns one)'))
     return problems
 
 
-def port_problems(registry: Registry, slug: str) -> list[str]:
+def port_problems(registry: Registry, slug: str) -> list[Problem]:
     """Why the slug's port must not be used: shared with another entry, outside the
     range, or reserved (the same lines `vgen ports check` prints); [] when it is fine."""
     port = registry.ports[slug]
@@ -176,17 +176,17 @@ def forget(registry: Registry, slug: str) -> None:
         del table[slug]
 
 
-def _shared(registry: Registry, port: int, slugs) -> str:
-    return f"{registry.path.name}: port {port} is given to more than one vertical: {', '.join(sorted(slugs))}"
+def _shared(registry: Registry, port: int, slugs) -> Problem:
+    return Problem(registry.path.name, "", f"port {port} is given to more than one vertical: {', '.join(sorted(slugs))}")
 
 
-def _misplaced(registry: Registry, slug: str) -> list[str]:
+def _misplaced(registry: Registry, slug: str) -> list[Problem]:
     name, port = registry.path.name, registry.ports[slug]
     problems = []
     if not registry.first <= port <= registry.last:
-        problems.append(f'{name}: "{slug}" = {port} is outside [range] {registry.first}-{registry.last}')
+        problems.append(Problem(name, "", f'"{slug}" = {port} is outside [range] {registry.first}-{registry.last}'))
     if port in registry.reserved:
-        problems.append(f'{name}: "{slug}" = {port} is a reserved port')
+        problems.append(Problem(name, "", f'"{slug}" = {port} is a reserved port'))
     return problems
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ports, spec
-from .errors import VgenError
+from .errors import Problem, VgenError
+from .gitrepo import git
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class Project:
 
     @property
     def ports_lock(self) -> Path:
-        """Held while ports.toml is read, assigned and written."""
-        return self.root / ".git" / "vgen" / "ports.lock"
+        """Held while ports.toml is read, assigned and written. It lives in the
+        repository's git folder, which in a git worktree is not root/.git (a file there)."""
+        git_dir = git(self.root, "rev-parse", "--absolute-git-dir", check=False).strip()
+        return Path(git_dir or self.root / ".git") / "vgen" / "ports.lock"
 
     def spec_path(self, slug: str) -> Path:
         return self.verticals_dir / f"{slug}.toml"
@@ -41,7 +44,7 @@ class Project:
         except ValueError:
             return str(path)
 
-    def load_verticals(self) -> tuple[list[spec.Vertical], list[str]]:
+    def load_verticals(self) -> tuple[list[spec.Vertical], list[Problem]]:
         return spec.load_verticals(self.verticals_dir, self.root)
 
     def slugs(self) -> list[str]:
@@ -71,11 +74,11 @@ def find_project(root: str | Path | None = None, out: str | Path | None = None) 
     return Project(root=root, out=Path(out).resolve())
 
 
-def check(project: Project) -> list[str]:
+def check(project: Project) -> list[Problem]:
     """Every problem in every spec and in ports.toml."""
     _, problems = project.load_verticals()
     try:
         registry = ports.load(project.ports_path)
-    except VgenError as exc:
-        return problems + (exc.problems or [str(exc)])
+    except VgenError as exc:  # ports.toml unreadable: its problems, then no registry to check
+        return problems + exc.problems
     return problems + ports.check(registry, project.slugs())

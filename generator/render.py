@@ -29,6 +29,9 @@ TEMPLATES_SUFFIX = ".jinja"
 # What of the repository makes the template: copier's configuration, the macros the
 # template files share (outside template/, so no app gets a copy) and the app tree.
 TEMPLATE_PATHS = ("copier.yml", "macros.jinja", "template")
+# copier's record in each app of the template commit and the answers it was rendered
+# from: copier's default name, which the template's copier.yml keeps.
+ANSWERS_FILE = ".copier-answers.yml"
 
 
 def template_commit(root: Path) -> str:
@@ -88,7 +91,7 @@ class Template:
         except (OSError, yaml.YAMLError) as exc:
             raise VgenError(f"copier.yml at {commit[:12]}: {exc}") from None
         self.subdirectory = conf.get("_subdirectory", "")
-        self.answers_file = conf.get("_answers_file", ".copier-answers.yml")
+        self.answers_file = conf.get("_answers_file", ANSWERS_FILE)
         self.skip_if_exists = list(conf.get("_skip_if_exists", []))
         self.questions = [k for k in conf if not k.startswith("_")]
         self.env = _environment(self.src, conf.get("_envops", {}))

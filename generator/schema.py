@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import VgenError
@@ -20,13 +21,32 @@ from .errors import VgenError
 TIMEOUT = 300  # seconds; a dry run copies the database once
 
 
-def schema_plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.executable) -> str:
-    """The output of `flask --app app migrate --dry-run` for the app's database.
+@dataclass(frozen=True)
+class Plan:
+    """What `flask --app app migrate` would do to a database, in migrate's own words."""
 
-    app_dir is the app whose code (schema.sql, migrate.py) to run: for a dry run of
-    `vgen generate`, the newly rendered app. data_dir holds the database (default
-    app_dir/instance); a missing database gives the plan for a new one. A migration the
-    data would refuse is a plan too: its message lists the rows.
+    text: str  # the output of migrate --dry-run
+    refused: bool  # the data cannot take the new schema: text lists the rows and why
+
+
+def schema_plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.executable) -> str:
+    """The output of `flask --app app migrate --dry-run` for the app's database."""
+    return plan(app_dir, data_dir, python).text
+
+
+def has_database(data_dir: Path) -> bool:
+    """True when data_dir holds an app database: customers' data a new schema must fit."""
+    return Path(data_dir).is_dir() and any(Path(data_dir).glob("*.db"))
+
+
+def plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.executable) -> Plan:
+    """Run `flask --app app migrate --dry-run` for the app's database.
+
+    app_dir is the app whose code (schema.sql, migrate.py) to run: for `vgen generate`,
+    the newly rendered app. data_dir holds the database (default app_dir/instance); a
+    missing database gives the plan for a new one. A migration the data would refuse is
+    a plan too (refused): its message lists the rows. Raises VgenError when migrate
+    cannot run at all.
     """
     app_dir = Path(app_dir)
     data_dir = Path(data_dir) if data_dir is not None else app_dir / "instance"
@@ -43,14 +63,15 @@ def schema_plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.e
         except (OSError, subprocess.TimeoutExpired) as e:
             raise VgenError(f"{app_dir}: could not run migrate --dry-run ({e})") from e
         output = (done.stdout + done.stderr).replace(scratch, str(data_dir)).strip()
-    if done.returncode != 0 and "migration refused" not in output:
+    refused = done.returncode != 0
+    if refused and "migration refused" not in output:
         if output.endswith(": No module named flask"):
             # vgen installed on its own (pip install .): the app's packages are not there.
             raise VgenError(f"{app_dir}: no schema plan: migrate --dry-run runs the app with vgen's own Python "
                             f"({python}), which does not have the app's dependencies. Install them into it, "
                             "as scripts/install does (they are listed in the app's pyproject.toml)")
         raise VgenError(f"{app_dir}: migrate --dry-run failed:\n{output}")
-    return output
+    return Plan(output, refused)
 
 
 def copy_database(source: Path, target: Path) -> None:

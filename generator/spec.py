@@ -26,7 +26,7 @@ from pathlib import Path
 from wtforms import EmailField, Form, URLField
 from wtforms.validators import URL, Email
 
-from .errors import VgenError
+from .errors import Problem, VgenError
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -253,18 +253,18 @@ def backup_time(slug: str) -> tuple[int, int]:
 
 def load_vertical(path: Path, display: str | None = None) -> Vertical:
     """Load and validate one spec; raise VgenError listing every problem in it."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     vertical = _load(Path(path), display or str(path), problems)
     if problems:
         raise VgenError(f"{display or path}: the spec is not valid", problems)
     return vertical
 
 
-def load_verticals(directory: Path, root: Path | None = None) -> tuple[list[Vertical], list[str]]:
+def load_verticals(directory: Path, root: Path | None = None) -> tuple[list[Vertical], list[Problem]]:
     """Load every ``*.toml`` in ``directory``; return the valid ones and all problems."""
     verticals, problems = [], []
     for path in sorted(Path(directory).glob("*.toml")):
-        found: list[str] = []
+        found: list[Problem] = []
         vertical = _load(path, _display(path, root), found)
         if found:
             problems.extend(found)
@@ -282,16 +282,16 @@ def _display(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def _load(path: Path, display: str, problems: list[str]) -> Vertical | None:
+def _load(path: Path, display: str, problems: list[Problem]) -> Vertical | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{display}: cannot read the file ({exc})")
+        problems.append(Problem(display, "", f"cannot read the file ({exc})"))
         return None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.append(f"{display}: TOML syntax error: {exc}")
+        problems.append(Problem(display, "", f"TOML syntax error: {exc}"))
         return None
     return _Validator(display, path.stem, problems).vertical(data)
 
@@ -300,13 +300,13 @@ def _load(path: Path, display: str, problems: list[str]) -> Vertical | None:
 
 
 class _Validator:
-    def __init__(self, display: str, stem: str, problems: list[str]):
+    def __init__(self, display: str, stem: str, problems: list[Problem]):
         self.display = display
         self.stem = stem
         self.problems = problems
 
     def error(self, where: str, message: str) -> None:
-        self.problems.append(f"{self.display}: {where}{message}")
+        self.problems.append(Problem(self.display, where, message))
 
     def unknown_keys(self, where: str, data: dict, allowed: set[str], what: str) -> None:
         for key in data:
@@ -389,12 +389,12 @@ class _Validator:
         start = len(self.problems)
         name = raw.get("name")
         if name is None:
-            where = f"entity #{index + 1}: "
+            where = f"entity #{index + 1}"
             self.error(where, '"name" is required')
             return None
-        where = f'entity "{name}": '
+        where = f'entity "{name}"'
         if not isinstance(name, str) or not NAME_RE.match(name):
-            self.error(f"entity #{index + 1}: ", f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
+            self.error(f"entity #{index + 1}", f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
             return None
         if name in seen:
             self.error(where, "entity names must be unique in a vertical: it is defined twice")
@@ -504,7 +504,7 @@ class _Validator:
     def check_urls(self, entities: list[Entity]) -> None:
         owner: dict[str, str] = {}
         for e in entities:
-            where = f'entity "{e.name}": '
+            where = f'entity "{e.name}"'
             if e.url in APP_URLS:
                 self.error(where, f'its URL /{e.url}/ is one of the app\'s own ({", ".join(sorted(APP_URLS))}): set another "plural"')
             elif e.url in owner:
@@ -516,11 +516,11 @@ class _Validator:
         names = {e.name for e in entities}
         for e in entities:
             if e.renamed_from and e.renamed_from in names:
-                self.error(f'entity "{e.name}": ', f'renamed_from "{e.renamed_from}" is still an entity of this vertical')
+                self.error(f'entity "{e.name}"', f'renamed_from "{e.renamed_from}" is still an entity of this vertical')
             fnames = {f.name for f in e.fields}
             for f in e.fields:
                 if f.renamed_from and f.renamed_from in fnames:
-                    self.error(f'entity "{e.name}", field "{f.name}": ', f'renamed_from "{f.renamed_from}" is still a field of this entity')
+                    self.error(f'entity "{e.name}", field "{f.name}"', f'renamed_from "{f.renamed_from}" is still a field of this entity')
 
     def check_required_ref_cycles(self, entities: list[Entity]) -> None:
         """A cycle of required refs means no first record can ever be saved."""
@@ -544,7 +544,7 @@ class _Validator:
             if cycle and frozenset(cycle) not in reported:
                 reported.add(frozenset(cycle))
                 self.error(
-                    f'entity "{e.name}": ',
+                    f'entity "{e.name}"',
                     f"required refs form a cycle ({' -> '.join(cycle)} -> {e.name}), so no first record could be saved: make one of them optional",
                 )
 
@@ -553,12 +553,12 @@ class _Validator:
     def field(self, entity: str, raw: dict, index: int, entity_names: list[str], seen: set[str]) -> Field | None:
         name = raw.get("name")
         if name is None:
-            self.error(f'entity "{entity}", field #{index + 1}: ', '"name" is required')
+            self.error(f'entity "{entity}", field #{index + 1}', '"name" is required')
             return None
         if not isinstance(name, str) or not NAME_RE.match(name):
-            self.error(f'entity "{entity}", field #{index + 1}: ', f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
+            self.error(f'entity "{entity}", field #{index + 1}', f"name {name!r} must match ^[a-z][a-z0-9_]{{0,39}}$")
             return None
-        where = f'entity "{entity}", field "{name}": '
+        where = f'entity "{entity}", field "{name}"'
         if name in seen:
             self.error(where, "field names must be unique in an entity: it is defined twice")
             return None

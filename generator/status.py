@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from . import gitrepo, ports, render, spec
-from .fleet import TEMPLATE_BRANCH, plain, recorded_answers
+from . import answers, gitrepo, ports, render, spec
+from .gitrepo import TEMPLATE_BRANCH
 from .project import Project
+
+# The backups an app keeps besides the ones `flask --app app backup` records in
+# last.json: migrate's before it changes a database, restore's before it replaces one
+# (template/app/migrate.py, backup.py). A file of that name is complete and verified:
+# the app renames it into place only then.
+SAFETY_BACKUP_RE = re.compile(r"^(pre-migrate|pre-restore)-.+-(\d{8}T\d{6}Z)(-\d+)?\.db$")
 
 
 @dataclass
@@ -24,6 +32,7 @@ class Row:
     hand_edits: bool | None
     health: str  # "ok", "down" or an HTTP status
     last_backup: str  # time of the last verified backup, or ""
+    last_backup_kind: str = ""  # "backup", "pre-migrate" or "pre-restore"
 
 
 def status(project: Project, timeout: float = 1.0) -> list[Row]:
@@ -32,26 +41,26 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
     registry = ports.load(project.ports_path)
     current = render.template_version(project.root, render.template_commit(project.root))
     # Apps without a spec are listed too; a copy such as apps/shop.bak is no vertical.
-    apps = {p.name for p in project.out.glob("*") if spec.SLUG_RE.match(p.name) and (p / ".copier-answers.yml").exists()}
+    apps = {p.name for p in project.out.glob("*") if spec.SLUG_RE.match(p.name) and (p / render.ANSWERS_FILE).exists()}
     slugs = sorted(set(project.slugs()) | apps)
 
     def row(slug: str) -> Row:
         app = project.app_dir(slug)
         port = registry.ports.get(slug)
-        answers = recorded_answers(app)
-        commit = answers.get("_commit", "")
+        recorded = answers.recorded(app)
+        commit = recorded.get("_commit", "")
         spec_changed = None
-        if answers and slug in valid and port is not None:
-            recorded = {k: v for k, v in answers.items() if not k.startswith("_")}
-            spec_changed = recorded != plain(valid[slug].answers(port))
+        if recorded and slug in valid and port is not None:
+            spec_changed = answers.questions(recorded) != answers.plain(valid[slug].answers(port))
+        backup_time, backup_kind = last_backup(app, slug)
         return Row(
             slug=slug, port=port,
             template=render.template_version(project.root, commit) if commit else "",
             template_current=commit == current,
             spec_changed=spec_changed,
-            hand_edits=_hand_edits(app) if answers else None,
-            health=_health(port, timeout) if port else "no port",
-            last_backup=_last_backup(app, slug),
+            hand_edits=_hand_edits(app) if recorded else None,
+            health=health(port, timeout) if port else "no port",
+            last_backup=backup_time, last_backup_kind=backup_kind,
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -68,7 +77,9 @@ def _hand_edits(app: Path) -> bool | None:
     return bool(changed or untracked)
 
 
-def _health(port: int, timeout: float) -> str:
+def health(port: int, timeout: float) -> str:
+    """The app's health on the port: ok when /healthz answers 200, down when nothing
+    answers, else the HTTP status it answers with."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
             return "ok" if response.status == 200 else str(response.status)
@@ -78,14 +89,30 @@ def _health(port: int, timeout: float) -> str:
         return "down"
 
 
-def _last_backup(app: Path, slug: str) -> str:
-    """The time of the last verified backup, from the app's record of its backups."""
+def last_backup(app: Path, slug: str) -> tuple[str, str]:
+    """(time, kind) of the app's latest verified backup, or ("", ""): the last good one
+    `flask --app app backup` recorded in last.json ("backup"), or a backup migrate or
+    restore took first ("pre-migrate", "pre-restore"), whichever is newer. Times are
+    UTC, as 2026-11-25T03:17:00Z."""
+    found = []
     for data_dir in (app / "instance", Path("/var/lib") / slug):
+        backups = data_dir / "backups"
         try:
-            record = json.loads((data_dir / "backups" / "last.json").read_text(encoding="utf-8"))
+            record = json.loads((backups / "last.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            continue
+            record = {}
         good = record.get("last_good") or (record if record.get("verified") else None)
         if isinstance(good, dict) and good.get("time"):
-            return str(good["time"])
-    return ""
+            found.append((str(good["time"]), "backup"))
+        try:
+            names = [p.name for p in backups.iterdir()]
+        except OSError:
+            names = []
+        for name in names:
+            match = SAFETY_BACKUP_RE.match(name)
+            if match:
+                taken = dt.datetime.strptime(match.group(2), "%Y%m%dT%H%M%SZ")
+                found.append((taken.strftime("%Y-%m-%dT%H:%M:%SZ"), match.group(1)))
+        if found:
+            return max(found)
+    return "", ""

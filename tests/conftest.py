@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from generator import fleet, ports, render, spec
+from generator.appupdate import Outcome
 from generator.project import Project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,10 +87,9 @@ def write_spec(project: Project, slug: str, text: str) -> Path:
     return path
 
 
-def generate(project: Project, slugs=None, jobs=2) -> dict[str, fleet.Outcome]:
-    jobs_, failures, _ = fleet.plan(project, slugs)
-    outcomes = fleet.run(jobs_, jobs) + failures
-    return {o.slug: o for o in outcomes}
+def generate(project: Project, slugs=None, jobs=2, dry_run=False) -> dict[str, Outcome]:
+    """vgen generate's outcomes by slug, from the library function the CLI calls."""
+    return fleet.generate(project, slugs, jobs, dry_run).by_slug()
 
 
 def port_of(project: Project, slug: str) -> int:

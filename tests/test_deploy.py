@@ -301,6 +301,58 @@ def test_install_updates_the_files_it_laid(apps, tmp_path):
     assert {x.status for x in laid if x.status != "unchanged"} == {"updated"}
 
 
+def test_install_takes_back_what_it_laid_when_a_later_step_fails(apps, tmp_path):
+    """sample is laid (a unit of it updated), then cheesemaking's folder cannot be made:
+    everything is put back as it was, the updated unit included."""
+    from generator.errors import VgenError
+
+    install(["sample"], tmp_path, apps)
+    unit = tmp_path / "etc/systemd/system/sample.service"
+    unit.write_text(unit.read_text() + "# laid by an older template\n")
+    (tmp_path / "srv/vgen/sample/app/stale.py").write_text("gone from the app\n")
+    (tmp_path / "srv/vgen/cheesemaking").write_text("a plain file where the app would go\n")
+    before = tree(tmp_path)
+    with pytest.raises(VgenError) as info:
+        install(["sample", "cheesemaking"], tmp_path, apps)
+    assert str(info.value).startswith(f"{tmp_path / 'srv/vgen/cheesemaking'}")
+    assert f"vgen install took back what it had laid under {tmp_path}, so nothing changed there" in str(info.value)
+    assert tree(tmp_path) == before
+
+
+def run_install(template_repo, apps, root):
+    from click.testing import CliRunner
+
+    from generator import cli
+
+    return CliRunner().invoke(cli.main, ["--project", str(template_repo), "install", "sample",
+                                         "--root", str(root), "--out", str(apps)])
+
+
+def test_install_under_a_plain_file_is_one_error_line(template_repo, apps, tmp_path):
+    (tmp_path / "file").write_text("not a folder\n")
+    result = run_install(template_repo, apps, tmp_path / "file" / "root")
+    assert result.exit_code == 1
+    assert result.output == f"Error: --root {tmp_path}/file/root is not a folder ({tmp_path}/file is a file)\n"
+    assert (tmp_path / "file").read_text() == "not a folder\n"
+
+
+def test_install_where_it_may_not_write_is_one_error_line(template_repo, apps, tmp_path):
+    """A folder without write permission; as root, where permissions do not stop
+    writes, a folder under /proc, which no one can make."""
+    if os.geteuid() == 0:
+        root = Path(f"/proc/vgen-test-{os.getpid()}/root")
+        expected = f"Error: /proc/vgen-test-{os.getpid()}: No such file or directory; vgen install took back"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        root = locked / "root"
+        expected = f"Error: --root {root}: permission denied ({locked})\n"
+    result = run_install(template_repo, apps, root)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(expected), result.output
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
+
+
 def test_enable_commands(apps):
     commands = enable_commands(["sample"], apps)
     assert "systemctl daemon-reload" in commands

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from generator import cli
-from generator.fleet import CONFLICT_BRANCH, TEMPLATE_BRANCH
+from generator.gitrepo import CONFLICT_BRANCH, TEMPLATE_BRANCH
 
 from conftest import generate, git, write_spec
 
@@ -35,6 +35,20 @@ def snapshot(app: Path) -> dict:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=app, capture_output=True, text=True).stdout
     status = subprocess.run(["git", "status", "--porcelain"], cwd=app, capture_output=True, text=True).stdout
     return {"files": files, "head": head, "status": status}
+
+
+def code_of(app: Path) -> dict:
+    """snapshot() without instance/, where SQLite may leave its -wal and -shm files."""
+    taken = snapshot(app)
+    taken["files"] = {k: v for k, v in taken["files"].items() if not k.startswith("instance/")}
+    return taken
+
+
+def branches(app: Path) -> dict[str, str]:
+    """Each branch of the app's repository and the commit it points at."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads"],
+                         cwd=app, capture_output=True, text=True, check=True).stdout
+    return dict(line.split() for line in out.splitlines())
 
 
 def change_template(root: Path, old: str, new: str, path="template/gunicorn.conf.py.jinja") -> None:
@@ -286,9 +300,10 @@ def test_generate_never_takes_over_a_folder_that_is_not_a_vgen_app(project):
 
 def test_new_takes_back_its_spec_and_port_when_generation_fails(project, monkeypatch):
     from generator import fleet
+    from generator.appupdate import Outcome, Status
 
     ports_before = project.ports_path.read_text()
-    monkeypatch.setattr(fleet, "run", lambda jobs, *a, **k: [fleet.Outcome(j.slug, "failed", message="boom") for j in jobs])
+    monkeypatch.setattr(fleet, "run", lambda jobs, *a, **k: [Outcome(j.slug, Status.FAILED, message="boom") for j in jobs])
     result = run_cli(project, "new", "bakery")
     assert result.exit_code == 1
     assert "failed (bakery): boom" in result.output
@@ -367,3 +382,217 @@ def test_a_damaged_answers_file_is_named(project):
     # The advice works.
     git(app, "checkout", "vgen/template", "--", ".copier-answers.yml")
     assert generate(project, ["alpha"])["alpha"].status == "updated"
+
+
+def alpha_with_a_client(project) -> tuple[Path, Path]:
+    """The alpha app generated and migrated, with one client (Ann, no visits) in its
+    database: (app, database)."""
+    import sqlite3
+
+    from conftest import migrate
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    migrate(app)
+    db_path = app / "instance" / "alpha.db"
+    db = sqlite3.connect(db_path)
+    db.execute("INSERT INTO account (id, name) VALUES (1, 'Acme')")
+    db.execute("INSERT INTO client (account_id, name, created_at, updated_at) VALUES (1, 'Ann', 't', 't')")
+    db.commit()
+    db.close()
+    return app, db_path
+
+
+def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project):
+    """visits made required while a client has none: the app's migrate would refuse,
+    so the app would no longer start. The dry run says refused; generate leaves the app
+    as it was (its update set aside) and says what to do; once the data is fixed, it
+    goes through."""
+    import sqlite3
+
+    from generator.gitrepo import REFUSED_BRANCH
+
+    from conftest import migrate
+
+    app, db_path = alpha_with_a_client(project)
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
+    before, data_before, branches_before = code_of(app), db_path.read_bytes(), branches(app)
+    reason = "NOT NULL constraint failed: client.visits (visits=None): required now"
+
+    dry = run_cli(project, "generate", "alpha", "--dry-run")
+    assert dry.exit_code == 1, dry.output
+    assert "would be" not in dry.output and "refused" in dry.output
+    assert f"refused (alpha): left as it was: its database ({app}/instance) cannot take the new schema" in dry.output
+    assert reason in dry.output and '"client" id 1' in dry.output
+    assert code_of(app) == before and db_path.read_bytes() == data_before
+
+    result = run_cli(project, "generate", "alpha")
+    assert result.exit_code == 1, result.output
+    assert f"refused (alpha): left as it was; the update is on branch {REFUSED_BRANCH}: its database" in result.output
+    assert reason in result.output
+    assert ("Either change those rows first (set the missing values; for a removed or renamed choice, map its "
+            "rows to a choice the spec keeps), or change the spec back; then run vgen generate alpha again") in result.output
+    assert "1 refused in " in result.output
+    assert code_of(app) == before and db_path.read_bytes() == data_before
+    assert branches(app) == {**branches_before, REFUSED_BRANCH: branches(app)[REFUSED_BRANCH]}
+    assert migrate(app).returncode == 0  # the app still starts on its data
+
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE client SET visits = 0")
+    db.commit()
+    db.close()
+    fixed = run_cli(project, "generate", "alpha")
+    assert fixed.exit_code == 0, fixed.output
+    assert "updated" in fixed.output
+    assert "migrated" in migrate(app).stdout
+
+
+def test_generate_names_an_updated_app_that_is_running_its_old_code(project):
+    from conftest import gunicorn, port_of, wait_for, wait_port_free
+
+    write_spec(project, "served", SPEC.format(slug="served", name="Served"))
+    write_spec(project, "resting", SPEC.format(slug="resting", name="Resting"))
+    generate(project, ["served", "resting"])
+    port = port_of(project, "served")
+    for slug in ("served", "resting"):
+        path = project.spec_path(slug)
+        path.write_text(path.read_text().replace('name = "visits"', 'name = "calls"'))
+    wait_port_free(port)
+    with gunicorn(project.app_dir("served")):
+        wait_for(f"http://127.0.0.1:{port}/healthz")
+        result = run_cli(project, "generate", "served", "resting")
+    assert result.exit_code == 0, result.output
+    assert (f"served is running on port {port} with its old code: restart it to serve the new code "
+            "(stop vgen serve, then start it again)") in result.output
+    assert "resting is running" not in result.output
+    assert "2 updated in" in result.output
+
+
+def test_status_shows_the_latest_backup_of_either_kind(project):
+    """migrate's own backup before a rename counts as much as the nightly one."""
+    import json
+
+    from conftest import migrate
+
+    app, _ = alpha_with_a_client(project)
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('name = "visits",', 'name = "calls", renamed_from = "visits",'))
+    assert generate(project, ["alpha"])["alpha"].status == "updated"
+    assert "Backup taken before migrating" in migrate(app).stdout
+    taken = next((app / "instance" / "backups").glob("pre-migrate-alpha-*.db")).name
+    stamp = taken.removeprefix("pre-migrate-alpha-").removesuffix(".db")
+    shown = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+
+    def last_backup():
+        result = run_cli(project, "status")
+        assert result.exit_code == 0, result.output
+        row = next(line for line in result.output.splitlines() if line.startswith("alpha "))
+        return row.split()[-2:]
+
+    assert last_backup() == [shown, "(pre-migrate)"]
+    record = project.app_dir("alpha") / "instance" / "backups" / "last.json"
+    record.write_text(json.dumps({"verified": True, "last_good": {"time": "2000-01-01T03:00:00Z"}}))
+    assert last_backup() == [shown, "(pre-migrate)"]
+    record.write_text(json.dumps({"verified": True, "last_good": {"time": "2999-01-01T03:00:00Z"}}))
+    assert last_backup() == ["2999-01-01T03:00:00Z", "(backup)"]
+
+
+def test_serve_migrates_then_gives_gunicorns_command(project):
+    from generator import serve
+    from generator.errors import VgenError
+
+    from conftest import port_of
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    with pytest.raises(VgenError, match=r"is not a generated app: run vgen generate alpha first"):
+        serve.prepare(project, "alpha")
+    generate(project, ["alpha"])
+    app = project.app_dir("alpha")
+    command = serve.prepare(project, "alpha")
+    assert command.argv[1:] == ["-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    assert (command.cwd, command.port) == (app, port_of(project, "alpha"))
+    assert command.env["DATA_DIR"] == str(app / "instance")
+    assert (app / "instance" / "alpha.db").is_file()  # migrated: created
+
+
+def test_new_vertical_is_a_library_call(project):
+    from generator.newvertical import new_vertical
+
+    from conftest import port_of
+
+    done = new_vertical(project, "bakery", "Bakery")
+    assert done.kept and done.failure(project) == ""
+    assert (done.started.spec_path, done.started.port) == (project.spec_path("bakery"), port_of(project, "bakery"))
+    assert done.report.by_slug()["bakery"].status == "created" and done.report.ok
+
+
+@pytest.mark.parametrize("command", [["generate", "alpha"], ["generate", "alpha", "--dry-run"], ["new", "bakery"]])
+def test_an_output_folder_under_a_plain_file_is_one_error_line(project, tmp_path, command):
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    ports_before = project.ports_path.read_text()
+    (tmp_path / "file").write_text("not a folder\n")
+    result = CliRunner().invoke(cli.main, ["--project", str(project.root), *command, "--out", str(tmp_path / "file" / "apps")])
+    assert result.exit_code == 1
+    assert result.output == f"Error: output folder {tmp_path}/file/apps is not a folder ({tmp_path}/file is a file)\n"
+    assert project.ports_path.read_text() == ports_before
+    assert not project.spec_path("bakery").exists()
+
+
+def test_an_operating_system_error_is_one_error_line_naming_the_path(project, tmp_path):
+    """A plain file where vgen keeps its lock and template exports (.git/vgen), a project
+    under a plain file, a spec that is a folder: one line each, never a traceback."""
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    (project.root / ".git" / "vgen").write_text("in the way\n")
+    result = run_cli(project, "generate", "alpha")
+    assert result.exit_code == 1
+    assert result.output == f"Error: {project.root}/.git/vgen: File exists\n"
+
+    (tmp_path / "file").write_text("not a folder\n")
+    result = CliRunner().invoke(cli.main, ["--project", str(tmp_path / "file" / "vgen"), "check"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path}/file/vgen: not a vgen project (no copier.yml there)\n"
+
+    project.spec_path("bravo").mkdir()
+    result = CliRunner().invoke(cli.main, ["--project", str(project.root), "check"])
+    assert result.exit_code == 1
+    assert "  verticals/bravo.toml: cannot read the file ([Errno 21] Is a directory: " in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_update_of_an_app_without_its_template_branch_leaves_it_without(project):
+    """An app vgen adopts in the same run (no vgen/template yet, as copier makes them):
+    refused, it is left without the branch, so the next run adopts it anew."""
+    import sqlite3
+
+    from generator.gitrepo import REFUSED_BRANCH, TEMPLATE_BRANCH
+
+    app, db_path = alpha_with_a_client(project)
+    git(app, "branch", "-D", TEMPLATE_BRANCH)
+    path = project.spec_path("alpha")
+    path.write_text(path.read_text().replace('type = "integer", min = 0', 'type = "integer", min = 0, required = true'))
+    before, branches_before = code_of(app), branches(app)
+    assert generate(project, ["alpha"])["alpha"].status == "refused"
+    assert code_of(app) == before
+    assert branches(app) == {**branches_before, REFUSED_BRANCH: branches(app)[REFUSED_BRANCH]}
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE client SET visits = 0")
+    db.commit()
+    db.close()
+    assert generate(project, ["alpha"])["alpha"].status == "updated"
+    assert TEMPLATE_BRANCH in branches(app)
+
+
+def test_a_project_in_a_git_worktree_generates(project, tmp_path):
+    """In a worktree, .git is a file: vgen's lock and exports go to the worktree's git folder."""
+    from generator.project import Project
+
+    git(project.root, "worktree", "add", "-q", str(tmp_path / "wt"))
+    tree = Project(root=tmp_path / "wt", out=tmp_path / "wt-apps")
+    assert (tree.root / ".git").is_file()
+    write_spec(tree, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    result = run_cli(tree, "generate", "alpha")
+    assert result.exit_code == 0, result.output
+    assert "1 created in" in result.output
+    assert tree.ports_lock.is_file() and project.root / ".git" in tree.ports_lock.parents

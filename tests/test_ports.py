@@ -102,7 +102,7 @@ def test_check_finds_every_problem(tmp_path):
         "alpha = 8150\nbeta = 8150\ngamma = 9500\ndelta = 8443\norphan = 8160\n"
     )
     problems = ports.check(ports.load(path), ["alpha", "beta", "gamma", "delta", "nopport"])
-    assert problems == [
+    assert [str(p) for p in problems] == [
         "ports.toml: port 8150 is given to more than one vertical: alpha, beta",
         'ports.toml: "delta" = 8443 is a reserved port',
         'ports.toml: "gamma" = 9500 is outside [range] 8100-8999',
@@ -124,7 +124,7 @@ def test_bad_registry_is_named(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(VgenError) as info:
         ports.load(path)
-    assert info.value.problems == [message]
+    assert [str(p) for p in info.value.problems] == [message]
 
 
 def test_syntax_error_names_the_file(tmp_path):
@@ -145,9 +145,9 @@ def test_port_problems_of_one_vertical(tmp_path):
     path = tmp_path / "ports.toml"
     path.write_text("[ports]\nalpha = 8150\nbeta = 8150\ngamma = 9500\ndelta = 8443\nfine = 8160\n")
     registry = ports.load(path)
-    assert ports.port_problems(registry, "beta") == ["ports.toml: port 8150 is given to more than one vertical: alpha, beta"]
-    assert ports.port_problems(registry, "gamma") == ['ports.toml: "gamma" = 9500 is outside [range] 8100-8999']
-    assert ports.port_problems(registry, "delta") == ['ports.toml: "delta" = 8443 is a reserved port']
+    assert [str(p) for p in ports.port_problems(registry, "beta")] == ["ports.toml: port 8150 is given to more than one vertical: alpha, beta"]
+    assert [str(p) for p in ports.port_problems(registry, "gamma")] == ['ports.toml: "gamma" = 9500 is outside [range] 8100-8999']
+    assert [str(p) for p in ports.port_problems(registry, "delta")] == ['ports.toml: "delta" = 8443 is a reserved port']
     assert ports.port_problems(registry, "fine") == []
 
 

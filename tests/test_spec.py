@@ -34,7 +34,7 @@ def write(tmp_path, text, stem="shop"):
 def problems_of(tmp_path, text, stem="shop"):
     write(tmp_path, text, stem)
     verticals, problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
-    return problems
+    return [str(p) for p in problems]
 
 
 def entity_spec(fields, extra=""):
@@ -232,6 +232,15 @@ def test_bad_slug_is_named(tmp_path):
     ]
 
 
+def test_a_problem_is_data_with_its_file_place_and_rule(tmp_path):
+    write(tmp_path, entity_spec('{ name = "a", type = "strin" }'))
+    _, (problem,) = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    assert (problem.path, problem.where) == ("verticals/shop.toml", 'entity "item", field "a"')
+    assert problem.message.startswith('unknown type "strin" (known: string, ')
+    assert str(problem) == f"verticals/shop.toml: {problem.where}: {problem.message}"
+    assert problem.format(with_path=False) == f"{problem.where}: {problem.message}"
+
+
 def test_toml_syntax_error_shows_the_line(tmp_path):
     problems = problems_of(tmp_path, GOOD.replace('name = "Shop"', 'name = "Shop'))
     assert len(problems) == 1
@@ -242,7 +251,8 @@ def test_toml_syntax_error_shows_the_line(tmp_path):
 def test_every_problem_of_every_spec_is_reported(tmp_path):
     write(tmp_path, entity_spec('{ name = "a", type = "strin" },\n{ name = "b", type = "integer", min = 2, max = 1 }'))
     write(tmp_path, GOOD.replace('"shop"', '"other"').replace('required = true', 'requried = true'), stem="other")
-    _, problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    _, found = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    problems = [str(p) for p in found]
     assert len(problems) == 3
     assert any("other.toml" in p and "requried" in p for p in problems)
     assert any("shop.toml" in p and '"strin"' in p for p in problems)
@@ -383,7 +393,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 def test_any_document_gives_problems_not_a_traceback(data):
     problems = []
     spec._Validator("verticals/shop.toml", "shop", problems).vertical(data)
-    assert all(p.startswith("verticals/shop.toml: ") for p in problems)
+    assert all(str(p).startswith("verticals/shop.toml: ") for p in problems)
 
 
 # Every display text of the hostile spec (tests/test_hostile_text.py): template markup of
