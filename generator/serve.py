@@ -43,5 +43,9 @@ def prepare(project: Project, slug: str, python: str = sys.executable) -> Comman
     env.setdefault("DATA_DIR", str(data_dir(app)))
     migrate = subprocess.run([python, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env)
     if migrate.returncode != 0:
+        if subprocess.run([python, "-c", "import flask, gunicorn"], capture_output=True).returncode != 0:
+            # vgen installed on its own (pip install .): the app's packages are not there.
+            raise VgenError(f"{slug}: the app's dependencies are not installed for {python}: install "
+                            f"those listed in {app / 'pyproject.toml'} (scripts/install does), then serve again")
         raise VgenError(f"{slug}: flask --app app migrate failed; the app was not started")
     return Command([python, "-m", "gunicorn", "-c", "gunicorn.conf.py"], app, env, registry.ports.get(slug))

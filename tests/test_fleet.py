@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -515,6 +516,19 @@ def test_serve_migrates_then_gives_gunicorns_command(project):
     assert (command.cwd, command.port) == (app, port_of(project, "alpha"))
     assert command.env["DATA_DIR"] == str(app / "instance")
     assert (app / "instance" / "alpha.db").is_file()  # migrated: created
+
+
+def test_serve_says_what_to_install_when_a_python_lacks_the_apps_dependencies(project, tmp_path):
+    from generator import serve
+    from generator.errors import VgenError
+
+    write_spec(project, "alpha", SPEC.format(slug="alpha", name="Alpha"))
+    generate(project, ["alpha"])
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    with pytest.raises(VgenError, match=r"alpha: the app's dependencies are not installed for .*bare/bin/python: "
+                                        r"install those listed in .*alpha/pyproject.toml"):
+        serve.prepare(project, "alpha", python=str(bare / "bin" / "python"))
 
 
 def test_new_vertical_is_a_library_call(project):
