@@ -405,6 +405,7 @@ def alpha_with_a_client(project) -> tuple[Path, Path]:
     return app, db_path
 
 
+@pytest.mark.slow
 def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project):
     """visits made required while a client has none: the app's migrate would refuse,
     so the app would no longer start. The dry run says refused; generate leaves the app
@@ -450,6 +451,7 @@ def test_a_spec_change_the_data_cannot_take_is_refused_and_the_app_kept(project)
     assert "migrated" in migrate(app).stdout
 
 
+@pytest.mark.slow
 def test_generate_names_an_updated_app_that_is_running_its_old_code(project):
     from conftest import gunicorn, port_of, wait_for, wait_port_free
 
@@ -471,6 +473,7 @@ def test_generate_names_an_updated_app_that_is_running_its_old_code(project):
     assert "2 updated in" in result.output
 
 
+@pytest.mark.slow
 def test_status_shows_the_latest_backup_of_either_kind(project):
     """migrate's own backup before a rename counts as much as the nightly one."""
     import json
@@ -575,6 +578,7 @@ def test_an_operating_system_error_is_one_error_line_naming_the_path(project, tm
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_refused_update_of_an_app_without_its_template_branch_leaves_it_without(project):
     """An app vgen adopts in the same run (no vgen/template yet, as copier makes them):
     refused, it is left without the branch, so the next run adopts it anew."""

@@ -434,6 +434,7 @@ def filled_app(project, slug):
     return app, data, db_path
 
 
+@pytest.mark.slow
 def test_impossible_migrations_are_refused_with_rows_listed_and_nothing_changed(project):
     slug = "cheesemaking"
     app, data, db_path = filled_app(project, slug)
@@ -899,6 +900,7 @@ def test_a_removed_entity_keeps_its_rows_when_live_records_are_deleted(project):
     db.close()
 
 
+@pytest.mark.slow
 def test_a_ref_given_another_target_is_refused_and_never_shows_another_account(project):
     """hive.yard made a ref to barn: the stored ids are yards' and would show Evil's barns
     to Acme. Refused with the rows; with the values emptied first, it goes through."""
@@ -921,6 +923,7 @@ def test_a_ref_given_another_target_is_refused_and_never_shows_another_account(p
     assert_sound(db_path)
 
 
+@pytest.mark.slow
 def test_a_rename_onto_kept_data_is_refused_until_that_data_is_dropped(project):
     app, data, db_path = yards_app(project)
     spec = copy.deepcopy(YARDS)
@@ -953,6 +956,7 @@ def test_a_rename_onto_kept_data_is_refused_until_that_data_is_dropped(project):
     assert_sound(db_path)
 
 
+@pytest.mark.slow
 def test_a_field_renamed_twice_between_migrations_is_refused(project):
     app, data, db_path = yards_app(project)
     spec = copy.deepcopy(YARDS)
@@ -969,6 +973,7 @@ def test_a_field_renamed_twice_between_migrations_is_refused(project):
     assert 'renamed column "barn"."label" to "label3"' in result.stdout
 
 
+@pytest.mark.slow
 def test_the_backup_taken_before_an_entity_rename_restores(project):
     """It holds the table under its old name: restore renames it, as migrate did."""
     app, data, db_path = yards_app(project)
@@ -993,6 +998,7 @@ def test_the_backup_taken_before_an_entity_rename_restores(project):
     db.close()
 
 
+@pytest.mark.slow
 def test_a_backup_older_than_an_entity_added_then_renamed_restores(project):
     """hive removed (kept), a backup, then "shelf" added (migrated) and renamed "rack":
     the backup has neither name because it is older than the entity, which restore
