@@ -13,6 +13,7 @@ from flask import request, session
 from app import create_app
 from app.db import get_db
 
+import factories
 from conftest import PASSWORD, TEST_CONFIG, AuthActions
 
 
@@ -198,6 +199,33 @@ def test_security_headers(client, url):
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "same-origin"
     assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_every_logged_in_response_is_private(app, logged_in):
+    """A crawl of every GET route of the app, logged in: no proxy may keep any of it."""
+    ids = {}  # a record of each entity, so the /<id> routes have something to show
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint == "static":
+            continue
+        url = rule.rule
+        if "<int:id>" in url:
+            blueprint = rule.endpoint.split(".")[0]
+            if blueprint not in ids:
+                ids[blueprint] = factories.CREATE_BY_BLUEPRINT[blueprint](logged_in)
+            url = url.replace("<int:id>", str(ids[blueprint]))
+        assert "<" not in url, url
+        for headers in ({}, {"HX-Request": "true"}):
+            response = logged_in.get(url, headers=headers)
+            response.get_data()  # the CSV export streams: read it to its end
+            assert response.status_code < 400, (url, response.status_code)
+            assert response.headers["Cache-Control"] == "private, no-store", url
+    static = logged_in.get("/static/style.css")
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+
+
+def test_logged_out_pages_may_be_cached(client):
+    assert "no-store" not in client.get("/").headers.get("Cache-Control", "")
+    assert "no-store" not in client.get("/login").headers.get("Cache-Control", "")
 
 
 def test_strict_transport_security_over_https_only(client):
