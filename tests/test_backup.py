@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -198,6 +199,30 @@ def test_backup_records_a_failure_and_keeps_the_last_good(app):
     last = app.last()
     assert last["verified"] is False and last["file"] is None
     assert last["last_good"]["file"] != str(good) and Path(last["last_good"]["file"]).exists()
+
+
+def file_size_limit(limit: int):
+    """For subprocess.run's preexec_fn: no file the process writes may grow past
+    `limit` bytes (writes fail with EFBIG, as on a full disk), without SIGXFSZ killing it."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_file_size
+
+
+def test_a_backup_that_runs_out_of_space_leaves_no_file_behind(app):
+    good = app.backup()
+    size = app.database.stat().st_size
+    assert size > 1_000_000
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "backup"], cwd=app.path, env=app.env,
+        capture_output=True, text=True, timeout=120, preexec_fn=file_size_limit(size // 2),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Error:" in done.stderr
+    left = sorted(p.name for p in app.backups.iterdir() if p.name != ".lock")
+    assert left == sorted([good.name, "last.json"]), left  # no temporary file
+    assert app.last()["verified"] is False and app.last()["last_good"]["file"] == str(good)
 
 
 def test_offsite_command_gets_the_verified_file(app, tmp_path):

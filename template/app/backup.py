@@ -194,22 +194,22 @@ def take_backup(database, target):
     if not database.exists():
         raise BackupError(f"no database at {database} (run `flask --app app migrate`)")
     tmp = target.with_name(f".tmp-{target.name}")
-    source = connect(str(database))
     try:
-        source.execute("BEGIN")  # deferred: the first read below pins the snapshot
-        counts = table_counts(source)
-        copy = sqlite3.connect(str(tmp))
+        source = connect(str(database))
         try:
-            # pages=-1: the whole database in one step, inside our read transaction.
-            source.backup(copy)
-            # A self-contained file: no -wal/-shm beside it.
-            copy.execute("PRAGMA journal_mode=DELETE")
+            source.execute("BEGIN")  # deferred: the first read below pins the snapshot
+            counts = table_counts(source)
+            copy = sqlite3.connect(str(tmp))
+            try:
+                # pages=-1: the whole database in one step, inside our read transaction.
+                source.backup(copy)
+                # A self-contained file: no -wal/-shm beside it.
+                copy.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                copy.close()
+            source.rollback()
         finally:
-            copy.close()
-        source.rollback()
-    finally:
-        source.close()
-    try:
+            source.close()
         os.chmod(tmp, 0o600)
         fsync_file(tmp)
         try:
@@ -221,7 +221,9 @@ def take_backup(database, target):
         os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # A full disk or a failed check: no half-written copy stays behind.
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
         raise
     return target, counts
 
@@ -346,7 +348,8 @@ def write_last(directory, record):
         os.replace(tmp, path)
         fsync_dir(directory)
     except OSError:
-        pass  # the backup's outcome still reaches the exit code and the journal
+        # A full disk: the backup's outcome still reaches the exit code and the journal.
+        Path(directory, ".tmp-last.json").unlink(missing_ok=True)
 
 
 # -- restore ----------------------------------------------------------------------
