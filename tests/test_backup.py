@@ -18,6 +18,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -223,6 +224,48 @@ def test_a_backup_that_runs_out_of_space_leaves_no_file_behind(app):
     left = sorted(p.name for p in app.backups.iterdir() if p.name != ".lock")
     assert left == sorted([good.name, "last.json"]), left  # no temporary file
     assert app.last()["verified"] is False and app.last()["last_good"]["file"] == str(good)
+
+
+def test_migrate_names_a_database_file_the_service_cannot_write(app):
+    """A -shm file left read-only (say by a root process during an outage): migrate,
+    which the unit runs before it serves, says which file, and changes nothing."""
+    # The check is the service user's: as root, the app runs as nobody, from a folder
+    # nobody can read (pytest's own temporary folders are root's alone).
+    as_root = os.getuid() == 0
+    place = Path(tempfile.mkdtemp(prefix="vgen-writable-"))
+    try:
+        os.chmod(place, 0o755)
+        shutil.copytree(app.path, place / "app")
+        data = place / "data"
+        shutil.copytree(app.data_dir, data)
+        shm = data / "sample.db-shm"
+        shm.write_bytes(b"")
+        run_as = []
+        if as_root:
+            subprocess.run(["chown", "-R", "65534:65534", str(data)], check=True)
+            run_as = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+        def flask(*args):
+            return subprocess.run([*run_as, sys.executable, "-m", "flask", "--app", "app", *args],
+                                  cwd=place / "app", env=dict(app.env, DATA_DIR=str(data)),
+                                  capture_output=True, text=True, timeout=120)
+
+        shm.chmod(0o444)
+        done = flask("migrate")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "This user cannot write the database" in done.stderr
+        assert f"{shm} is not writable by uid" in done.stderr
+        assert str(data / "sample.db") + " " not in done.stderr  # only the file at fault
+        shm.chmod(0o644)
+        done = flask("migrate")
+        assert done.returncode == 0, done.stdout + done.stderr
+        write = subprocess.run([*run_as, sys.executable, "-c",
+                                "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+                                "db.execute(\"INSERT INTO account (name) VALUES ('x')\"); db.commit()",
+                                str(data / "sample.db")], capture_output=True, text=True)
+        assert write.returncode == 0, write.stderr
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def test_offsite_command_gets_the_verified_file(app, tmp_path):

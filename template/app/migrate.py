@@ -109,6 +109,8 @@ def run(database, backup_dir, drop_removed=False, dry_run=False):
             finally:
                 copy.close()
 
+    check_writable(database)
+
     def take_backup():
         return backup_before_migrating(database, backup_dir)
 
@@ -117,6 +119,25 @@ def run(database, backup_dir, drop_removed=False, dry_run=False):
         return migrate(conn, read_schema(), drop_removed=drop_removed, backup=take_backup)
     finally:
         conn.close()
+
+
+WRITABLE_HEADING = "This user cannot write the database, so the app could not save anything:"
+
+
+def check_writable(database):
+    """Refuse, naming each file, when the user running this (the service's) cannot write
+    the database, its -wal and -shm files or their folder. After a read-only episode
+    (a file restored by root, a remount) SQLite would only fail later, at the first
+    save, with "attempt to write a readonly database"."""
+    folder = os.path.dirname(os.path.abspath(database))
+    user = f"uid {os.getuid()}"
+    stuck = [
+        f"{path} is not writable by {user}: give it to that user (chown) or make it writable (chmod u+w)"
+        for path in (folder, database, database + "-wal", database + "-shm")
+        if os.path.exists(path) and not os.access(path, os.W_OK)
+    ]
+    if stuck:
+        raise MigrationRefused(stuck, WRITABLE_HEADING)
 
 
 def backup_before_migrating(database, directory):
