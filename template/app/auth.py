@@ -6,6 +6,24 @@ session cookie carries: logging out deletes the row, so even a copy of the cooki
 working, and changing the password deletes the user's other sessions. Failed logins are
 counted in the "login_attempt" table and signups in "app_signup", so the limits hold
 across workers and restarts.
+
+Login limits, and the threat each answers (windows of LOGIN_WINDOW_SECONDS):
+
+- A guesser at one account from one address: 5 failures per email and address, then
+  429 with Retry-After. From many addresses: 100 failures per email. Trying many
+  emails from one address: 20 failures per address.
+- A guesser turning those limits against the account's owner (a lockout, a denial of
+  service): a browser the user logged in from before carries a signed known-device
+  cookie, and its attempts count only against that browser ("device:<id>"), never
+  against the address or the email; and the per-address and per-email limits never
+  apply where the user logged in lately (app_known_address), so a stranger's failures
+  elsewhere, or on a shared office connection at other emails, lock nobody out.
+- A guesser sharing the owner's address: a success clears only the failures of the
+  browser that succeeded (its device's), never those made by others at that address
+  or email, so the guesser gets no fresh tries from the owner's login.
+What is left: a new browser on an address where someone guessed at the same email
+waits out the window (a password reset by email is the way out once the app sends
+mail).
 """
 
 import functools
@@ -16,6 +34,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length
@@ -191,8 +210,9 @@ def signup():
             form.email.errors.append("An account with this email already exists. Log in instead?")
         else:
             start_session(user_id)
+            remember_address(user_id, address)
             flash("Welcome! Your account is ready.", "success")
-            return redirect(url_for("main.index"))
+            return remember_device(redirect(url_for("main.index")), user_id)
     return render_template("auth/signup.html", form=form)
 
 
@@ -221,29 +241,105 @@ def record(table, window, **values):
         )
 
 
-def record_failure(email, address):
-    record("login_attempt", current_app.config["LOGIN_WINDOW_SECONDS"], email=email, address=address)
+KNOWN_DEVICE_COOKIE = "known_device"
+KNOWN_DEVICE_SECONDS = 90 * 24 * 3600
+KNOWN_DEVICE_USERS = 5  # a shared computer remembers this many users
+KNOWN_ADDRESS_SECONDS = 30 * 24 * 3600
 
 
-def is_throttled(email, address):
-    """Too many recent failures: of this client at this email (a password guessed), of
-    this client at any email (emails tried in turn), or at this email from anywhere (a
-    guess spread over many addresses). The first is the tight one, so a stranger's
-    failures at someone's email do not lock its owner out."""
+def _devices():
+    return URLSafeTimedSerializer(current_app.secret_key, salt="known-device")
+
+
+def known_device():
+    """(device id, user ids) from this browser's signed known-device cookie, or (None, [])."""
+    cookie = request.cookies.get(KNOWN_DEVICE_COOKIE)
+    if cookie:
+        try:
+            data = _devices().loads(cookie, max_age=KNOWN_DEVICE_SECONDS)
+            return str(data["device"]), [int(user) for user in data["users"]]
+        except (BadSignature, KeyError, TypeError, ValueError):
+            pass
+    return None, []
+
+
+def remember_device(response, user_id):
+    """Mark this browser as a known device of the user, on the response of a login."""
+    device, users = known_device()
+    users = [user_id, *(u for u in users if u != user_id)][:KNOWN_DEVICE_USERS]
+    value = _devices().dumps({"device": device or secrets.token_urlsafe(16), "users": users})
+    config = current_app.config
+    response.set_cookie(
+        KNOWN_DEVICE_COOKIE, value, max_age=KNOWN_DEVICE_SECONDS, httponly=True, samesite="Lax",
+        secure=config["SESSION_COOKIE_SECURE"] or request.is_secure,
+    )
+    return response
+
+
+def remember_address(user_id, address):
+    """The user logged in from this address: the per-address and per-email limits no
+    longer apply to them there (for KNOWN_ADDRESS_SECONDS)."""
+    db = get_db()
+    with db:
+        db.execute(
+            'INSERT INTO "app_known_address" ("user_id", "address") VALUES (?, ?)'
+            ' ON CONFLICT DO UPDATE SET "created_at" = excluded."created_at"',
+            (user_id, address),
+        )
+        db.execute(
+            """DELETE FROM "app_known_address" WHERE "created_at" < strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)""",
+            (f"-{KNOWN_ADDRESS_SECONDS} seconds",),
+        )
+
+
+def login_source(user_id, address):
+    """Where a login attempt at `user_id` comes from, as failures are counted: this
+    browser ("device:<id>") when it is a known device of the user, else the address."""
+    device, users = known_device()
+    if user_id is not None and user_id in users:
+        return f"device:{device}"
+    return address
+
+
+def record_failure(email, source):
+    record("login_attempt", current_app.config["LOGIN_WINDOW_SECONDS"], email=email, address=source)
+
+
+def is_throttled(email, source, user_id=None):
+    """Too many recent failures (see the module's docstring for the threats).
+
+    From a known device (source "device:<id>"): that device's failures at this email
+    only. Otherwise: this address's at this email (a password guessed); then, unless the
+    user logged in from this address lately, this address's at any email (emails tried
+    in turn) and this email's from anywhere (a guess spread over many addresses).
+    """
     config = current_app.config
     window = config["LOGIN_WINDOW_SECONDS"]
+    if recent("login_attempt", window, email=email, address=source) >= config["LOGIN_MAX_FAILURES_PER_EMAIL_AND_ADDRESS"]:
+        return True
+    if source.startswith("device:") or (user_id is not None and is_known_address(user_id, source)):
+        return False
     return (
-        recent("login_attempt", window, email=email, address=address) >= config["LOGIN_MAX_FAILURES_PER_EMAIL_AND_ADDRESS"]
-        or recent("login_attempt", window, address=address) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
+        recent("login_attempt", window, address=source) >= config["LOGIN_MAX_FAILURES_PER_ADDRESS"]
         or recent("login_attempt", window, email=email) >= config["LOGIN_MAX_FAILURES_PER_EMAIL"]
     )
 
 
-def forget_failures(email):
-    """A correct password clears the email's failed attempts."""
-    db = get_db()
-    with db:
-        db.execute('DELETE FROM "login_attempt" WHERE "email" = ?', (email,))
+def is_known_address(user_id, address):
+    return get_db().execute(
+        'SELECT 1 FROM "app_known_address" WHERE "user_id" = ? AND "address" = ?'
+        """ AND "created_at" > strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?)""",
+        (user_id, address, f"-{KNOWN_ADDRESS_SECONDS} seconds"),
+    ).fetchone() is not None
+
+
+def forget_failures(email, source):
+    """A correct password clears the failures of where it came from, when that is a
+    known device: never what others tried at this address or email."""
+    if source.startswith("device:"):
+        db = get_db()
+        with db:
+            db.execute('DELETE FROM "login_attempt" WHERE "email" = ? AND "address" = ?', (email, source))
 
 
 def too_many(template, window, message, **context):
@@ -282,8 +378,6 @@ def login():
     if form.validate_on_submit():
         email = normal_email(form.email.data)
         address = request.remote_addr or "unknown"  # the client's, thanks to ProxyFix
-        if is_throttled(email, address):
-            return too_many_failures("auth/login.html", form=form, next=next_url)
         db = get_db()
         # Accounts made before emails were NFKC-folded may hold the typed spelling.
         typed = form.email.data.strip().lower()
@@ -292,11 +386,16 @@ def login():
         ).fetchone() or db.execute(
             'SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (typed,)
         ).fetchone()
+        user_id = user["id"] if user is not None else None
+        source = login_source(user_id, address)
+        if is_throttled(email, source, user_id):
+            return too_many_failures("auth/login.html", form=form, next=next_url)
         if check_password(user, form.password.data):
-            forget_failures(email)
-            start_session(user["id"])
-            return redirect(next_url or url_for("main.index"))
-        record_failure(email, address)
+            forget_failures(email, source)
+            start_session(user_id)
+            remember_address(user_id, address)
+            return remember_device(redirect(next_url or url_for("main.index")), user_id)
+        record_failure(email, source)
         form.password.errors.append("Wrong email or password.")
     return render_template("auth/login.html", form=form, next=next_url)
 
@@ -320,14 +419,15 @@ def change_password():
     if form.validate_on_submit():
         # Guesses at the current password count as failed logins of this user: a
         # stolen session cannot try more passwords here than on the login page.
-        email, address = g.user["email"], request.remote_addr or "unknown"
-        if is_throttled(email, address):
+        email = g.user["email"]
+        source = login_source(g.user["id"], request.remote_addr or "unknown")
+        if is_throttled(email, source, g.user["id"]):
             return too_many_failures("auth/password.html", form=form)
         if not check_password_hash(g.user["password_hash"], form.current_password.data):
-            record_failure(email, address)
+            record_failure(email, source)
             form.current_password.errors.append("This is not your current password.")
         else:
-            forget_failures(email)
+            forget_failures(email, source)
             password_hash = hash_password(form.password.data)
             db = get_db()
             with db:  # the new password, and the user logged out everywhere...

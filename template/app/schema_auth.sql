@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS "user" (
 CREATE INDEX IF NOT EXISTS "user_account_id" ON "user" ("account_id");
 
 -- One row per failed login, kept in the database so the limits hold across gunicorn
--- workers and restarts. A successful login deletes its email's rows; old rows are pruned.
+-- workers and restarts; "address" is the client's address, or "device:<id>" for a
+-- browser known to the user (app/auth.py). Old rows are pruned.
 CREATE TABLE IF NOT EXISTS "login_attempt" (
     "id" INTEGER PRIMARY KEY,
     "email" TEXT NOT NULL,
@@ -52,3 +53,12 @@ CREATE TABLE IF NOT EXISTS "app_session" (
 ) WITHOUT ROWID;  -- one lookup by id, the key itself
 
 CREATE INDEX IF NOT EXISTS "app_session_user_id" ON "app_session" ("user_id");
+
+-- Where each user logged in lately (the client address): the login limits per address
+-- and per email never lock a user out there (app/auth.py). Old rows are pruned.
+CREATE TABLE IF NOT EXISTS "app_known_address" (
+    "user_id" INTEGER NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
+    "address" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    PRIMARY KEY ("user_id", "address")
+) WITHOUT ROWID;

@@ -302,38 +302,49 @@ def fail(app, email="owner@example.com", address="127.0.0.1", times=1):
     return response
 
 
+def stranger(app):
+    """A browser that never logged in here: no known-device cookie."""
+    return AuthActions(app.test_client())
+
+
 def test_throttled_per_email_and_address(app, client, auth):
     auth.signup()
     auth.logout()
     fail(app, times=5)
-    response = auth.login()  # even the right password is refused now
+    response = stranger(app).login()  # even the right password is refused now
     assert response.status_code == 429
     assert b"Too many failed attempts" in response.data
     assert "Retry-After" in response.headers
     with client.session_transaction() as s:
         assert "user_id" not in s
+    # The owner's own browser, where they logged in before, is not locked out.
+    assert auth.login().status_code == 302
     # Other emails are not affected.
-    assert AuthActions(app.test_client()).signup(email="second@example.com").status_code == 302
-    assert AuthActions(app.test_client()).login(email="second@example.com").status_code == 302
+    assert stranger(app).signup(email="second@example.com").status_code == 302
+    assert stranger(app).login(email="second@example.com").status_code == 302
 
 
 def test_a_strangers_failures_do_not_lock_the_owner_out(app, auth):
     auth.signup()
     auth.logout()
     fail(app, address="203.0.113.9", times=5)
-    assert auth.login(environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 429
-    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
+    assert stranger(app).login(environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 429
+    assert stranger(app).login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
 
 
 def test_throttled_per_email_from_anywhere(app, auth):
-    """A guess spread over many addresses still meets a limit, at the email."""
+    """A guess spread over many addresses still meets a limit, at the email..."""
     app.config["LOGIN_MAX_FAILURES_PER_EMAIL"] = 3
     auth.signup()
     auth.logout()
     for n in range(3):
         fail(app, address=f"203.0.113.{n}")
-    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 429
-    assert AuthActions(app.test_client()).signup(email="second@example.com").status_code == 302
+    assert stranger(app).login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 429
+    assert stranger(app).signup(email="second@example.com").status_code == 302
+    # ...which never locks the owner out where they logged in before: not in their own
+    # browser, nor in another one at the address they signed up from.
+    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
+    assert stranger(app).login().status_code == 302
 
 
 def test_throttled_per_address(app, auth):
@@ -341,9 +352,9 @@ def test_throttled_per_address(app, auth):
     auth.logout()
     for n in range(20):
         fail(app, email=f"guess{n}@example.com", address="203.0.113.9")
-    response = auth.login(environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    response = stranger(app).login(environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert response.status_code == 429
-    assert auth.login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
+    assert stranger(app).login(environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 302
 
 
 def test_client_address_comes_from_the_proxy(app, auth):
@@ -357,8 +368,8 @@ def test_client_address_comes_from_the_proxy(app, auth):
             data={"email": f"guess{n}@example.com", "password": "wrong password"},
             headers={"X-Forwarded-For": "203.0.113.9"},
         )
-    assert auth.login(headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
-    assert auth.login(headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 302
+    assert stranger(app).login(headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 429
+    assert stranger(app).login(headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 302
 
 
 def test_throttling_holds_across_workers_and_restarts(app, tmp_path):
@@ -369,26 +380,76 @@ def test_throttling_holds_across_workers_and_restarts(app, tmp_path):
     assert AuthActions(make_app(tmp_path).test_client()).login().status_code == 429
 
 
-def test_successful_login_clears_email_failures(app, auth):
+def test_a_guesser_cannot_lock_the_owner_out(app, auth):
+    """Failures at the owner's email from many addresses and from the owner's own
+    (shared) office address: the owner still logs in, and the guesser stays limited,
+    whoever logs in in between."""
+    office, home = {"REMOTE_ADDR": "198.51.100.7"}, {"REMOTE_ADDR": "192.0.2.4"}
+    auth.signup(environ_base=office)  # the owner's browser, at the office
+    auth.logout()
+    assert stranger(app).login(environ_base=home).status_code == 302  # and once from home
+    for n in range(100):
+        fail(app, address=f"203.0.{n // 200}.{n % 200 + 1}")
+    fail(app, address=office["REMOTE_ADDR"], times=5)
+    guesser = stranger(app)
+    assert guesser.login(environ_base={"REMOTE_ADDR": "203.0.113.250"}).status_code == 429  # per email
+    assert guesser.login(environ_base=office).status_code == 429  # per email and address
+
+    # The owner, in the browser they logged in with, at the office; and in a new
+    # browser at home, where they logged in lately.
+    assert auth.login(environ_base=office).status_code == 302
+    auth.logout()
+    assert stranger(app).login(environ_base=home).status_code == 302
+
+    # Neither the owner's successes nor a colleague's at the office gave the guesser
+    # fresh tries.
+    assert stranger(app).signup(email="colleague@example.com", environ_base=office).status_code == 302
+    assert guesser.login(environ_base=office).status_code == 429
+    assert guesser.login(password="wrong password", environ_base=office).status_code == 429
+    with app.app_context():
+        failures = get_db().execute('SELECT count(*) FROM "login_attempt" WHERE "email" = ?',
+                                    ("owner@example.com",)).fetchone()[0]
+    assert failures == 105
+
+
+def test_a_success_clears_only_the_failures_of_its_own_browser(app, auth):
     auth.signup()
     auth.logout()
-    fail(app, times=4)
+    guesser = stranger(app)
+    for _ in range(4):
+        assert guesser.login(password="wrong password").status_code == 200
+    for _ in range(4):  # the owner's own typos, in their known browser
+        assert auth.login(password="wrong password").status_code == 200
     assert auth.login().status_code == 302
     auth.logout()
-    fail(app, times=4)
+    for _ in range(4):  # the owner's count starts again...
+        assert auth.login(password="wrong password").status_code == 200
     assert auth.login().status_code == 302
+    auth.logout()
+    # ...the guesser's does not: one more try, then the limit.
+    assert guesser.login(password="wrong password").status_code == 200
+    assert guesser.login().status_code == 429
+
+
+def test_a_forged_known_device_cookie_counts_for_nothing(app, auth):
+    auth.signup()
+    auth.logout()
+    fail(app, times=5)
+    forged = app.test_client()
+    forged.set_cookie("known_device", "eyJkZXZpY2UiOiJ4IiwidXNlcnMiOlsxXX0.forged.signature")
+    assert AuthActions(forged).login().status_code == 429
 
 
 def test_old_failures_expire(app, auth):
     auth.signup()
     auth.logout()
     fail(app, times=5)
-    assert auth.login().status_code == 429
+    assert stranger(app).login().status_code == 429
     with app.app_context():
         db = get_db()
         db.execute("""UPDATE "login_attempt" SET "created_at" = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', '-16 minutes')""")
         db.commit()
-    assert auth.login().status_code == 302
+    assert stranger(app).login().status_code == 302
 
 
 # -- signup throttling ------------------------------------------------------------
