@@ -7,6 +7,7 @@ them (app/migrate.py: renames, new columns, conversions, one transaction).
 """
 
 import os
+import shutil
 import sqlite3
 import threading
 
@@ -15,6 +16,38 @@ from flask import current_app, g
 from flask.cli import with_appcontext
 
 SCHEMA_FILES = ("schema_auth.sql", "schema.sql")
+
+# What a customer reads when the server cannot write its data (a full disk, a file
+# made read-only): their entry is shown again below it.
+NOT_WRITTEN = (
+    "We could not save this: the server cannot store data right now. "
+    "Your entry is below: try again in a few minutes."
+)
+
+
+def write_failed(error, what):
+    """Log one line saying what could not be written and why; the customer's message.
+
+    SQLite rolls the write back whole, and the app recovers by itself once the disk
+    has space again (or the file is writable): nothing to restart.
+    """
+    current_app.logger.error("%s not saved: the database could not be written: %s", what, error)
+    return NOT_WRITTEN
+
+
+def write_problem(db, data_dir, min_free_bytes):
+    """Why the app cannot write now ("disk full: ...", "database not writable: ..."),
+    or None. Cheap enough for every health check: a statvfs, and the write lock taken
+    and released at once (refused on a read-only database)."""
+    free = shutil.disk_usage(data_dir).free
+    if free < min_free_bytes:
+        return f"disk full: {free} bytes free in {data_dir}"
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        return f"database not writable: {e}"
+    return None
 
 
 def connect(path):
