@@ -24,8 +24,11 @@ import pytest
 from conftest import render_app, sample_answers
 from test_deploy import free_port, wait_for
 
-pytestmark = pytest.mark.skipif(os.environ.get("VGEN_NO_MOUNT_TESTS") == "1",
-                                reason="VGEN_NO_MOUNT_TESTS=1: the tests that mount a tmpfs are left out")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("VGEN_NO_MOUNT_TESTS") == "1",
+                       reason="VGEN_NO_MOUNT_TESTS=1: the tests that mount a tmpfs are left out"),
+]
 
 
 @pytest.fixture
