@@ -266,6 +266,10 @@ def test_customer_flow_in_a_real_browser(browser_page):
     expect(contact.locator("p.error")).to_be_visible()
     expect(page.get_by_label("Wheels")).to_have_value("-3")
     expect(page.get_by_label("Wheels")).to_have_attribute("aria-invalid", "true")
+    # A required field's label ends with an asterisk; an optional one's does not.
+    after = "(f) => getComputedStyle(document.querySelector(`label[for=${f}]`), '::after').content"
+    assert page.evaluate(after, "code") == '" *"'
+    assert page.evaluate(after, "wheels") == "none"
     # The invalid fields are outlined in the danger colour (#b42318), the valid ones not.
     expect(page.get_by_label("Wheels")).to_have_css("border-top-color", "rgb(180, 35, 24)")
     expect(page.get_by_label("Contact")).to_have_css("border-top-color", "rgb(180, 35, 24)")

@@ -53,7 +53,11 @@ PASSWORD_MAX = 200
 class SignupForm(PostedForm):
     account = StringField("Account name", filters=[strip], validators=[DataRequired(), Length(max=100), plain_text])
     email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
-    password = PasswordField("Password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
+    password = PasswordField(
+        "Password",
+        description=f"At least {PASSWORD_MIN} characters. A few words you will remember make a good one.",
+        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+    )
     confirm = PasswordField(
         "Confirm password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
     )
@@ -66,7 +70,11 @@ class LoginForm(PostedForm):
 
 class PasswordForm(PostedForm):
     current_password = PasswordField("Current password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
-    password = PasswordField("New password", validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)])
+    password = PasswordField(
+        "New password",
+        description=f"At least {PASSWORD_MIN} characters.",
+        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+    )
     confirm = PasswordField(
         "Confirm new password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
     )
