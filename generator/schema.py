@@ -65,13 +65,18 @@ def plan(app_dir: Path, data_dir: Path | None = None, python: str = sys.executab
         output = (done.stdout + done.stderr).replace(scratch, str(data_dir)).strip()
     refused = done.returncode != 0
     if refused and "migration refused" not in output:
-        if output.endswith(": No module named flask"):
-            # vgen installed on its own (pip install .): the app's packages are not there.
+        if lacks_app_packages(python):
             raise VgenError(f"{app_dir}: no schema plan: migrate --dry-run runs the app with vgen's own Python "
                             f"({python}), which does not have the app's dependencies. Install them into it, "
                             "as scripts/install does (they are listed in the app's pyproject.toml)")
         raise VgenError(f"{app_dir}: migrate --dry-run failed:\n{output}")
     return Plan(output, refused)
+
+
+def lacks_app_packages(python: str) -> bool:
+    """True when `python` cannot import what a generated app runs on: vgen installed on
+    its own (pip install .) has not the apps' packages."""
+    return subprocess.run([python, "-c", "import flask, gunicorn"], capture_output=True).returncode != 0
 
 
 def copy_database(source: Path, target: Path) -> None:

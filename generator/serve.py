@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ports
+from . import ports, schema
 from .appupdate import data_dir
 from .errors import VgenError
 from .project import Project
@@ -43,8 +43,7 @@ def prepare(project: Project, slug: str, python: str = sys.executable) -> Comman
     env.setdefault("DATA_DIR", str(data_dir(app)))
     migrate = subprocess.run([python, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env)
     if migrate.returncode != 0:
-        if subprocess.run([python, "-c", "import flask, gunicorn"], capture_output=True).returncode != 0:
-            # vgen installed on its own (pip install .): the app's packages are not there.
+        if schema.lacks_app_packages(python):
             raise VgenError(f"{slug}: the app's dependencies are not installed for {python}: install "
                             f"those listed in {app / 'pyproject.toml'} (scripts/install does), then serve again")
         raise VgenError(f"{slug}: flask --app app migrate failed; the app was not started")
