@@ -262,18 +262,25 @@ def status(ctx, out):
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
 @click.pass_context
 def install(ctx, slugs, all_, root, out):
-    """Lay each app with its systemd units, cron file and nginx site under ROOT."""
+    """Lay each app as a release, with its wheels, units, cron file and nginx site, under
+    ROOT; then print the command that puts them into service on the host."""
     if bool(slugs) == all_:
         raise click.UsageError("name one or more verticals, or pass --all")
     project = get_project(ctx, out)
     chosen = project.slugs() if all_ else list(slugs)
-    laid = install_mod.install(chosen, Path(root), project.out)
-    changed = [item for item in laid if item.status != "unchanged"]
+    wheels = install_mod.wheels_for(chosen, Path(root), project.out)
+    installed = install_mod.install(chosen, Path(root), project.out, wheels)
+    changed = installed.changed
     for item in changed:
         console.print(f"{item.status:9} {escape(str(item.path))}")
-    console.print(f"{len(changed)} paths changed, {len(laid) - len(changed)} unchanged under {escape(str(root))}")
-    console.print("To put them into service, run as root on the box:")
-    for command in install_mod.enable_commands(chosen, project.out):
+    if changed:
+        console.print(f"{len(changed)} paths changed, {len(installed.laid) - len(changed)} unchanged under {escape(str(root))}")
+    else:
+        console.print(f"Nothing changed under {escape(str(root))}: every file is as it was laid before.")
+    for slug, release in installed.releases.items():
+        console.print(f"{slug}: release {release}")
+    console.print("To put them into service (or check they are), run as root on the host:")
+    for command in install_mod.enable_commands(installed.releases):
         console.print(f"  {escape(command)}", soft_wrap=True)
 
 

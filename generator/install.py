@@ -1,41 +1,55 @@
-"""`vgen install`: lay each app and its deploy files under a root, as they sit under /.
+"""`vgen install`: lay verticals under a host's root file system, as releases.
 
 For a vertical `cheesemaking` generated in OUT/cheesemaking, install(["cheesemaking"],
-root, OUT) writes:
+root, OUT, wheelhouse) writes, under ROOT:
 
-    ROOT/srv/vgen/cheesemaking/                   the app (without instance/, .venv, .git)
-    ROOT/etc/systemd/system/cheesemaking.service  gunicorn under systemd
-    ROOT/etc/systemd/system/cheesemaking-backup.service   the nightly backup (oneshot)
-    ROOT/etc/cron.d/cheesemaking                  starts the backup unit each night
-    ROOT/etc/nginx/sites-available/cheesemaking.conf
-    ROOT/etc/nginx/sites-enabled/cheesemaking.conf -> ../sites-available/cheesemaking.conf
+    srv/vgen/cheesemaking/releases/ID/            the app as one release (without instance/,
+                                                  .venv, .git), with requirements.txt: the
+                                                  pinned wheels its venv gets
+    srv/vgen/wheelhouse/*.whl                     those wheels, for an offline pip install
+    usr/local/sbin/vgen-activate                  puts releases into service (activate.py)
+    etc/systemd/system/cheesemaking.socket        holds the port, starts the service
+    etc/systemd/system/cheesemaking.service       gunicorn under systemd
+    etc/systemd/system/cheesemaking-migrate.service   the schema, before the first start
+    etc/systemd/system/cheesemaking-backup.service    the nightly backup (oneshot)
+    etc/cron.d/cheesemaking                       starts the backup unit each night
+    etc/nginx/sites-available/cheesemaking.conf
+    etc/nginx/sites-enabled/cheesemaking.conf -> ../sites-available/cheesemaking.conf
+    etc/vgen/cheesemaking.env                     the settings file, once, then the admin's
 
-Every file is written atomically and only when its content or mode differs, so a second
-run changes nothing. A file vgen did not lay is never replaced: a slug such as `ssh`,
-`cron` or `nginx` whose unit exists on the box (in /etc/systemd/system,
-/lib/systemd/system or /usr/lib/systemd/system), or a cron or nginx file of that name,
-stops the install before anything is written. vgen knows its own files by their first
-line, which says where `vgen install` puts them ("# Shop: ..., installed as
-/etc/cron.d/shop ..."). The app folder mirrors the generated app: files gone from the app
-are removed, but its .venv (made on the box) and instance/ (data) are never touched.
-The generated units, cron file and nginx site all use the /srv/vgen/<slug> layout.
+The release ID is a hash of what the release holds, so the same app gives the same
+release: installing it again writes nothing. Nothing here switches what serves: the
+printed `vgen-activate SLUG=ID` does that on the host (switching
+srv/vgen/SLUG/current, migrating, reloading, rolling back when the release fails).
+
+Every file is written atomically and only when its content or mode differs. A file vgen
+did not lay is never replaced: a slug such as `ssh`, `cron` or `nginx` whose unit exists
+on the box (in /etc/systemd/system, /lib/systemd/system or /usr/lib/systemd/system), or
+a cron or nginx file of that name, stops the install before anything is written. vgen
+knows its own files by their first line, which says where `vgen install` puts them
+("# Shop: ..., installed as /etc/cron.d/shop ..."). When a step fails half-way (a full
+disk), everything laid so far is taken back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import shlex
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import wheelhouse
 from .errors import Problem, VgenError
 from .fsutil import check_folder
 from .spec import SLUG_RE
+from .wheelhouse import LOCK, Wheelhouse
 
-APPS_DIR = Path("srv/vgen")  # under the root; the units' WorkingDirectory
+APPS_DIR = Path("srv/vgen")  # under the root: one folder per vertical, with its releases
+WHEELHOUSE_DIR = APPS_DIR / "wheelhouse"
+ACTIVATE = Path("usr/local/sbin/vgen-activate")
 # Where systemd finds units (under the root): a unit of the slug's name in any of them
 # is the system's, which the app's would replace or override.
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
@@ -52,24 +66,43 @@ class Laid:
     status: str  # "created", "updated", "unchanged" or "removed"
 
 
-def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
-    """Lay each vertical's app, units, cron file and nginx site under root."""
+@dataclass
+class Installed:
+    laid: list[Laid] = field(default_factory=list)
+    releases: dict[str, str] = field(default_factory=dict)  # slug -> release ID
+
+    @property
+    def changed(self) -> list[Laid]:
+        return [item for item in self.laid if item.status != "unchanged"]
+
+
+def install(slugs: list[str], root: Path, out: Path, wheelhouse: Wheelhouse) -> Installed:
+    """Lay each vertical's release, units, cron file and nginx site under root."""
     root, out = Path(root), Path(out)
     check_folder(root, "--root")
     if not slugs:
         raise VgenError("no vertical to install: name one or more, or use --all")
     apps = [_generated_app(slug, out) for slug in slugs]
+    for app in apps:
+        _requirements(app)  # a broken pyproject.toml stops the install before any write
     _check_no_static_users(slugs, root)
     _check_not_the_systems(slugs, root)
-    laid: list[Laid] = []
+    installed = Installed()
+    laid = installed.laid
     journal = _Journal()
     try:
+        for wheel in wheelhouse.wheels():
+            laid.append(_lay_file(root / WHEELHOUSE_DIR / wheel.name, wheel.read_bytes(), 0o644, journal))
+        laid.append(_lay_file(root / ACTIVATE, Path(__file__).with_name("activate.py").read_bytes(), 0o755, journal))
         for slug, app in zip(slugs, apps):
+            files = _release_files(app, wheelhouse.requirements)
+            release = installed.releases[slug] = release_id(files)
+            laid += _lay_tree(files, root / APPS_DIR / slug / "releases" / release, journal)
             deploy = app / "deploy"
-            laid += _mirror(app, root / APPS_DIR / slug, journal)
             for source, target in _deploy_files(slug):
                 laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644, journal))
             laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug), journal))
+            laid.append(_lay_once(root / f"etc/vgen/{slug}.env", _settings_file(slug), 0o600, journal))
     except OSError as exc:
         journal.undo()
         where = exc.filename if exc.filename is not None else root
@@ -78,7 +111,7 @@ def install(slugs: list[str], root: Path, out: Path) -> list[Laid]:
     except BaseException:
         journal.undo()
         raise
-    return laid
+    return installed
 
 
 class _Journal:
@@ -123,7 +156,9 @@ class _Journal:
 def _deploy_files(slug: str) -> list[tuple[str, str]]:
     """(file in the app's deploy/, where it goes under the root)."""
     return [
+        (f"{slug}.socket", f"etc/systemd/system/{slug}.socket"),
         (f"{slug}.service", f"etc/systemd/system/{slug}.service"),
+        (f"{slug}-migrate.service", f"etc/systemd/system/{slug}-migrate.service"),
         (f"{slug}-backup.service", f"etc/systemd/system/{slug}-backup.service"),
         # cron ignores /etc/cron.d files whose names contain a dot.
         (f"{slug}.cron", f"etc/cron.d/{slug}"),
@@ -139,24 +174,42 @@ def _site_target(slug: str) -> str:
     return f"../sites-available/{slug}.conf"
 
 
-def enable_commands(slugs: list[str], out: Path) -> list[str]:
-    """The commands, run as root on the box, that put installed verticals into service."""
-    commands = []
-    for slug in slugs:
-        home = Path("/") / APPS_DIR / slug
-        requirements = " ".join(shlex.quote(r) for r in _requirements(Path(out) / slug))
-        commands += [
-            f"test -x {home}/.venv/bin/python || python3 -m venv {home}/.venv",
-            f"{home}/.venv/bin/pip install --quiet {requirements}",
-        ]
-    commands.append("systemctl daemon-reload")
-    # `enable --now` would leave a service that already runs on its old code: a reload
-    # migrates the database, then swaps the workers (see the unit's ExecReload); a
-    # service that is not running yet is started instead.
-    for slug in slugs:
-        commands += [f"systemctl enable {slug}.service", f"systemctl reload-or-restart {slug}.service"]
-    commands.append("nginx -t && systemctl reload nginx")
-    return commands
+def wheels_for(slugs: list[str], root: Path, out: Path) -> Wheelhouse:
+    """The wheelhouse the verticals' venvs need, for the Python of the host at root."""
+    requirements = sorted({r for slug in slugs for r in _requirements(_generated_app(slug, Path(out)))})
+    python, machine = wheelhouse.host_python(Path(root))
+    return wheelhouse.build(requirements, python, machine)
+
+
+def enable_commands(releases: dict[str, str]) -> list[str]:
+    """The command, run as root on the host, that puts the installed releases into
+    service: vgen-activate reloads systemd, builds each release's venv from the
+    wheelhouse, switches `current`, migrates, enables and starts the socket (or reloads
+    a running service), and rolls a failing release back (generator/activate.py)."""
+    pairs = " ".join(f"{slug}={release}" for slug, release in releases.items())
+    return [f"/{ACTIVATE} {pairs}"]
+
+
+def release_id(files: list[tuple[str, int, bytes]]) -> str:
+    """A release's name: a hash of its paths, modes and contents."""
+    digest = hashlib.sha256()
+    for rel, mode, content in files:
+        digest.update(f"{rel}\0{mode:o}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()[:12]
+
+
+def _settings_file(slug: str) -> bytes:
+    return f"""# Settings of {slug}, read by its units (systemd's EnvironmentFile= format).
+# vgen install wrote this file once and never changes it: it is yours.
+#
+# Stop the app after this many seconds without a request (the socket starts it again
+# on the next connection); 0 keeps it running. Default 900.
+#IDLE_STOP_SECONDS=900
+#
+# Sign sessions with this key instead of the one kept in /var/lib/{slug}/secret_key.
+#SECRET_KEY=
+""".encode()
 
 
 def _generated_app(slug: str, out: Path) -> Path:
@@ -203,7 +256,7 @@ def _check_not_the_systems(slugs: list[str], root: Path) -> None:
     problems: list[Problem] = []
     seen: set[str] = set()  # /lib is often a link to /usr/lib: one problem per file
     for slug in slugs:
-        for unit in (f"{slug}.service", f"{slug}-backup.service"):
+        for unit in (f"{slug}.socket", f"{slug}.service", f"{slug}-migrate.service", f"{slug}-backup.service"):
             for folder in UNIT_DIRS:
                 path = root / folder / unit
                 real = os.path.realpath(path)
@@ -255,29 +308,35 @@ def _excluded(name: str) -> bool:
     return name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES)
 
 
-def _mirror(source: Path, target: Path, journal: _Journal) -> list[Laid]:
-    """Make target hold exactly source's files (minus the excluded ones)."""
-    laid = []
-    wanted: set[Path] = set()
-    for folder, dirs, files in os.walk(source):
+def _release_files(app: Path, requirements: str) -> list[tuple[str, int, bytes]]:
+    """(path, mode, content) of every file of the release: the app's files, but for the
+    excluded ones (data, venv, caches), and the pinned requirements its venv gets."""
+    files = []
+    for folder, dirs, names in os.walk(app):
         dirs[:] = sorted(d for d in dirs if not _excluded(d))
-        rel = Path(folder).relative_to(source)
-        wanted.add(rel)
-        for name in sorted(files):
+        for name in sorted(names):
+            path = Path(folder) / name
             if _excluded(name):
                 continue
-            path = Path(folder) / name
             if path.is_symlink():
                 raise VgenError(f"{path} is a symbolic link: install copies plain files only")
             mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
-            wanted.add(rel / name)
-            laid.append(_lay_file(target / rel / name, path.read_bytes(), mode, journal))
-    # Remove what the app no longer has, deepest first, leaving the excluded alone.
-    for folder, dirs, files in os.walk(target, topdown=False):
+            files.append((path.relative_to(app).as_posix(), mode, path.read_bytes()))
+    files.append((LOCK, 0o644, requirements.encode()))
+    return sorted(files)
+
+
+def _lay_tree(files: list[tuple[str, int, bytes]], target: Path, journal: _Journal) -> list[Laid]:
+    """Make target hold exactly these files (the excluded ones, such as .venv, aside)."""
+    laid = [_lay_file(target / rel, content, mode, journal) for rel, mode, content in files]
+    wanted = {Path(rel) for rel, _, _ in files}
+    wanted |= {parent for rel in wanted for parent in rel.parents}
+    # Remove what the release should not hold, deepest first (a hand-made change).
+    for folder, dirs, names in os.walk(target, topdown=False):
         rel = Path(folder).relative_to(target)
         if any(_excluded(part) for part in rel.parts):
             continue
-        for name in files:
+        for name in names:
             if not _excluded(name) and rel / name not in wanted:
                 journal.before_change(Path(folder) / name)
                 (Path(folder) / name).unlink()
@@ -312,6 +371,13 @@ def _lay_file(path: Path, content: bytes, mode: int, journal: _Journal) -> Laid:
         raise
     _fsync_dir(path.parent)
     return Laid(path, status)
+
+
+def _lay_once(path: Path, content: bytes, mode: int, journal: _Journal) -> Laid:
+    """Write path unless it exists: a file that is the admin's once laid."""
+    if os.path.lexists(path):
+        return Laid(path, "unchanged")
+    return _lay_file(path, content, mode, journal)
 
 
 def _lay_symlink(path: Path, target: str, journal: _Journal) -> Laid:

@@ -49,6 +49,17 @@ def template_repo(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def wheels():
+    """The generated apps' wheelhouse, as `vgen install` gathers it for a host like this
+    machine (pip downloads it once; later runs take it from the cache)."""
+    from generator import wheelhouse
+
+    listed = subprocess.run([sys.executable, str(ROOT / "scripts/app-requirements")],
+                            capture_output=True, text=True, check=True).stdout.split()
+    return wheelhouse.build(listed, *wheelhouse.host_python(Path("/")))
+
+
 @pytest.fixture
 def project(template_repo, tmp_path) -> Project:
     """A private clone of the template repository, with apps going to tmp_path/apps."""

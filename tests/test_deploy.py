@@ -52,10 +52,10 @@ def apps(template_repo, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def root(apps, tmp_path_factory):
-    """A scratch root with both apps installed, ready for systemd-analyze --root."""
+def root(apps, wheels, tmp_path_factory):
+    """A scratch root with every app installed, ready for systemd-analyze --root."""
     root = tmp_path_factory.mktemp("root")
-    install(["sample", *EXAMPLES], root, apps)
+    install(["sample", *EXAMPLES], root, apps, wheels)
     prepare_for_verify(root)
     return root
 
@@ -81,7 +81,8 @@ def exec_programs(unit_text: str) -> list[str]:
     return programs
 
 
-UNITS = [f"{slug}{kind}.service" for slug in ["sample", *EXAMPLES] for kind in ("", "-backup")]
+SERVICES = [f"{slug}{kind}.service" for slug in ["sample", *EXAMPLES] for kind in ("", "-migrate", "-backup")]
+UNITS = SERVICES + [f"{slug}.socket" for slug in ["sample", *EXAMPLES]]
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -95,7 +96,7 @@ def test_unit_verifies_clean(root, unit):
     assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", SERVICES)
 def test_unit_security_rating(root, unit):
     done = subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=true", f"--root={root}", unit],
@@ -104,19 +105,29 @@ def test_unit_security_rating(root, unit):
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
     assert match, done.stdout + done.stderr
-    assert float(match.group(1)) <= 1.5, done.stdout
+    assert float(match.group(1)) <= 0.9, done.stdout
 
 
-def test_units_run_the_installed_app(apps):
-    service = (apps / "sample/deploy/sample.service").read_text()
-    backup = (apps / "sample/deploy/sample-backup.service").read_text()
-    for unit in (service, backup):
+def test_units_run_the_current_release(apps):
+    deploy = apps / "sample/deploy"
+    service, migrate, backup = (
+        (deploy / name).read_text() for name in ("sample.service", "sample-migrate.service", "sample-backup.service")
+    )
+    for unit in (service, migrate, backup):
         assert "DynamicUser=yes" in unit and "User=sample\n" in unit
         assert "StateDirectory=sample\n" in unit and "Environment=DATA_DIR=%S/sample\n" in unit
-        assert "WorkingDirectory=/srv/vgen/sample\n" in unit
+        assert "WorkingDirectory=/srv/vgen/sample/current\n" in unit
     assert "Type=notify" in service and "Restart=on-failure" in service
-    assert "ExecStartPre=/srv/vgen/sample/.venv/bin/flask --app app migrate" in service
-    assert "ExecStart=/srv/vgen/sample/.venv/bin/flask --app app backup" in backup
+    assert "Requires=sample.socket sample-migrate.service\n" in service
+    assert "ExecStartPre" not in service  # the migrate unit runs once per boot instead
+    assert re.findall(r"^ExecStart=(.*)$", migrate, re.M) == [
+        "/srv/vgen/sample/current/.venv/bin/flask --app app migrate",
+        "/srv/vgen/sample/current/.venv/bin/flask --app app healthz",
+    ]
+    assert "RemainAfterExit=yes" in migrate
+    assert "ExecStart=/srv/vgen/sample/current/.venv/bin/flask --app app backup" in backup
+    socket_unit = (deploy / "sample.socket").read_text()
+    assert "ListenStream=127.0.0.1:8123\n" in socket_unit and "WantedBy=sockets.target" in socket_unit
 
 
 def test_reload_migrates_before_it_swaps_the_workers(apps):
@@ -124,7 +135,8 @@ def test_reload_migrates_before_it_swaps_the_workers(apps):
     systemd runs the ExecReload lines in order and stops at the first that fails."""
     service = (apps / "sample/deploy/sample.service").read_text()
     assert re.findall(r"^ExecReload=(.*)$", service, re.M) == [
-        "/srv/vgen/sample/.venv/bin/flask --app app migrate",
+        "/srv/vgen/sample/current/.venv/bin/flask --app app migrate",
+        "/srv/vgen/sample/current/.venv/bin/flask --app app healthz",
         "/bin/kill -s HUP $MAINPID",
     ]
 
@@ -187,60 +199,96 @@ def test_two_verticals_back_up_at_different_minutes(root):
 # -- install ----------------------------------------------------------------------
 
 
-def test_install_lays_everything_and_is_idempotent(apps, tmp_path):
+def test_install_lays_a_release_and_is_idempotent(apps, wheels, tmp_path):
     (apps / "sample" / "instance").mkdir(exist_ok=True)
     (apps / "sample" / "instance" / "sample.db").write_text("customer data")
-    first = install(["sample"], tmp_path, apps)
-    assert {x.status for x in first} == {"created"}
-    laid = {x.path.relative_to(tmp_path).as_posix() for x in first}
+    first = install(["sample"], tmp_path, apps, wheels)
+    assert {x.status for x in first.laid} == {"created"}
+    release = first.releases["sample"]
+    assert re.fullmatch(r"[0-9a-f]{12}", release)
+    laid = {x.path.relative_to(tmp_path).as_posix() for x in first.laid}
+    home = f"srv/vgen/sample/releases/{release}"
     for path in (
-        "srv/vgen/sample/app/__init__.py",
-        "srv/vgen/sample/gunicorn.conf.py",
+        f"{home}/app/__init__.py",
+        f"{home}/gunicorn.conf.py",
+        f"{home}/requirements.txt",
+        "usr/local/sbin/vgen-activate",
+        "etc/systemd/system/sample.socket",
         "etc/systemd/system/sample.service",
+        "etc/systemd/system/sample-migrate.service",
         "etc/systemd/system/sample-backup.service",
         "etc/cron.d/sample",
         "etc/nginx/sites-available/sample.conf",
         "etc/nginx/sites-enabled/sample.conf",
+        "etc/vgen/sample.env",
     ):
         assert path in laid
-    assert not any(p.startswith("srv/vgen/sample/instance") for p in laid)
+    assert not any("/instance" in p for p in laid)
+    # The venv gets exactly the wheels shipped beside it, pinned.
+    wheels_laid = sorted(p.name for p in (tmp_path / "srv/vgen/wheelhouse").iterdir())
+    assert wheels_laid == [w.name for w in wheels.wheels()] and any(n.startswith("flask-") for n in wheels_laid)
+    pins = (tmp_path / home / "requirements.txt").read_text().split()
+    assert len(pins) == len(wheels_laid) and all("==" in pin for pin in pins)
+    assert os.access(tmp_path / "usr/local/sbin/vgen-activate", os.X_OK)
+    assert oct((tmp_path / "etc/vgen/sample.env").stat().st_mode & 0o777) == "0o600"
     link = tmp_path / "etc/nginx/sites-enabled/sample.conf"
     assert os.readlink(link) == "../sites-available/sample.conf" and link.is_file()
+    # Nothing switches what serves: that is vgen-activate's, on the host.
+    assert not os.path.lexists(tmp_path / "srv/vgen/sample/current")
 
     before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*") if not p.is_symlink()}
-    second = install(["sample"], tmp_path, apps)
-    assert {x.status for x in second} == {"unchanged"}
+    second = install(["sample"], tmp_path, apps, wheels)
+    assert second.releases == first.releases and second.changed == []
     after = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*") if not p.is_symlink()}
     assert after == before
 
-    # A file the app no longer has goes; the box's .venv and data stay.
-    (tmp_path / "srv/vgen/sample/app/stale.py").write_text("")
-    (tmp_path / "srv/vgen/sample/.venv/bin").mkdir(parents=True)
-    (tmp_path / "srv/vgen/sample/.venv/bin/python").write_text("")
-    third = install(["sample"], tmp_path, apps)
-    assert [x.status for x in third if x.status != "unchanged"] == ["removed"]
-    assert (tmp_path / "srv/vgen/sample/.venv/bin/python").exists()
+    # The settings file is the admin's once laid; a file added to a release goes, and
+    # the venv link the host made stays.
+    (tmp_path / "etc/vgen/sample.env").write_text("IDLE_STOP_SECONDS=60\n")
+    (tmp_path / home / "app/stale.py").write_text("")
+    os.symlink("/srv/vgen/venvs/x", tmp_path / home / ".venv")
+    third = install(["sample"], tmp_path, apps, wheels)
+    assert [(x.path.name, x.status) for x in third.changed] == [("stale.py", "removed")]
+    assert os.path.islink(tmp_path / home / ".venv")
+    assert (tmp_path / "etc/vgen/sample.env").read_text() == "IDLE_STOP_SECONDS=60\n"
 
 
-def test_install_refuses_a_missing_app(apps, tmp_path):
+def test_a_changed_app_is_a_new_release_beside_the_old(apps, wheels, tmp_path):
+    first = install(["sample"], tmp_path, apps, wheels).releases["sample"]
+    readme = apps / "sample/README.md"
+    text = readme.read_text()
+    try:
+        readme.write_text(text + "\nA change.\n")
+        second = install(["sample"], tmp_path, apps, wheels).releases["sample"]
+    finally:
+        readme.write_text(text)
+    assert second != first
+    releases = tmp_path / "srv/vgen/sample/releases"
+    assert sorted(p.name for p in releases.iterdir()) == sorted([first, second])
+    assert (releases / second / "README.md").read_text().endswith("A change.\n")
+
+
+def test_install_refuses_a_missing_app(apps, wheels, tmp_path):
     from generator.errors import VgenError
 
     with pytest.raises(VgenError, match="vgen generate nosuchapp"):
-        install(["nosuchapp"], tmp_path, apps)
+        install(["nosuchapp"], tmp_path, apps, wheels)
     assert not any(tmp_path.iterdir())
 
 
-def test_install_refuses_a_slug_that_is_a_system_user(apps, tmp_path):
+def test_install_refuses_a_slug_that_is_a_system_user(apps, wheels, tmp_path):
     from generator.errors import VgenError
 
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nsample:x:9:9::/:/usr/sbin/nologin\n")
     with pytest.raises(VgenError, match="already has a user named sample"):
-        install(["sample"], tmp_path, apps)
+        install(["sample"], tmp_path, apps, wheels)
 
 
 SYSTEM_FILES = [
     "etc/systemd/system/sample.service",
+    "etc/systemd/system/sample.socket",
+    "usr/lib/systemd/system/sample-migrate.service",
     "lib/systemd/system/sample.service",
     "usr/lib/systemd/system/sample.service",
     "usr/lib/systemd/system/sample-backup.service",
@@ -261,7 +309,7 @@ def tree(root: Path) -> dict:
 
 
 @pytest.mark.parametrize("path", SYSTEM_FILES)
-def test_install_never_replaces_a_file_it_did_not_lay(apps, tmp_path, path):
+def test_install_never_replaces_a_file_it_did_not_lay(apps, wheels, tmp_path, path):
     """A slug such as ssh, cron or nginx: its unit, cron file or site is the system's own."""
     from generator.errors import VgenError
 
@@ -269,51 +317,52 @@ def test_install_never_replaces_a_file_it_did_not_lay(apps, tmp_path, path):
     (tmp_path / path).write_text("[Service]\nExecStart=/usr/sbin/sshd -D\n")
     before = tree(tmp_path)
     with pytest.raises(VgenError) as info:
-        install(["sample"], tmp_path, apps)
+        install(["sample"], tmp_path, apps, wheels)
     assert str(info.value).startswith("vgen install would replace files it did not lay; nothing was written")
     assert f"  {tmp_path / path}: " in str(info.value)
     assert tree(tmp_path) == before
 
 
-def test_install_never_repoints_a_site_link_it_did_not_make(apps, tmp_path):
+def test_install_never_repoints_a_site_link_it_did_not_make(apps, wheels, tmp_path):
     from generator.errors import VgenError
 
     link = tmp_path / "etc/nginx/sites-enabled/sample.conf"
     link.parent.mkdir(parents=True)
     os.symlink("/etc/nginx/sites-available/default", link)
     with pytest.raises(VgenError, match="nothing was written"):
-        install(["sample"], tmp_path, apps)
+        install(["sample"], tmp_path, apps, wheels)
     assert os.readlink(link) == "/etc/nginx/sites-available/default"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["etc", "nginx", "sample.conf", "sites-enabled"]
 
 
-def test_install_updates_the_files_it_laid(apps, tmp_path):
+def test_install_updates_the_files_it_laid(apps, wheels, tmp_path):
     """vgen's own files are known by their header (where vgen install puts them): an
     app regenerated since replaces them."""
-    install(["sample"], tmp_path, apps)
+    install(["sample"], tmp_path, apps, wheels)
     deploy = ["etc/systemd/system/sample.service", "etc/systemd/system/sample-backup.service",
+              "etc/systemd/system/sample.socket", "etc/systemd/system/sample-migrate.service",
               "etc/cron.d/sample", "etc/nginx/sites-available/sample.conf"]
     for path in deploy:
         with (tmp_path / path).open("a") as f:
             f.write("# laid by an older template\n")
-    laid = install(["sample"], tmp_path, apps)
-    assert sorted(x.path.relative_to(tmp_path).as_posix() for x in laid if x.status != "unchanged") == sorted(deploy)
-    assert {x.status for x in laid if x.status != "unchanged"} == {"updated"}
+    changed = install(["sample"], tmp_path, apps, wheels).changed
+    assert sorted(x.path.relative_to(tmp_path).as_posix() for x in changed) == sorted(deploy)
+    assert {x.status for x in changed} == {"updated"}
 
 
-def test_install_takes_back_what_it_laid_when_a_later_step_fails(apps, tmp_path):
+def test_install_takes_back_what_it_laid_when_a_later_step_fails(apps, wheels, tmp_path):
     """sample is laid (a unit of it updated), then cheesemaking's folder cannot be made:
     everything is put back as it was, the updated unit included."""
     from generator.errors import VgenError
 
-    install(["sample"], tmp_path, apps)
+    release = install(["sample"], tmp_path, apps, wheels).releases["sample"]
     unit = tmp_path / "etc/systemd/system/sample.service"
     unit.write_text(unit.read_text() + "# laid by an older template\n")
-    (tmp_path / "srv/vgen/sample/app/stale.py").write_text("gone from the app\n")
+    (tmp_path / f"srv/vgen/sample/releases/{release}/app/stale.py").write_text("gone from the app\n")
     (tmp_path / "srv/vgen/cheesemaking").write_text("a plain file where the app would go\n")
     before = tree(tmp_path)
     with pytest.raises(VgenError) as info:
-        install(["sample", "cheesemaking"], tmp_path, apps)
+        install(["sample", "cheesemaking"], tmp_path, apps, wheels)
     assert str(info.value).startswith(f"{tmp_path / 'srv/vgen/cheesemaking'}")
     assert f"vgen install took back what it had laid under {tmp_path}, so nothing changed there" in str(info.value)
     assert tree(tmp_path) == before
@@ -353,15 +402,10 @@ def test_install_where_it_may_not_write_is_one_error_line(template_repo, apps, t
     assert "Traceback" not in result.output and len(result.output.splitlines()) == 1
 
 
-def test_enable_commands(apps):
-    commands = enable_commands(["sample"], apps)
-    assert "systemctl daemon-reload" in commands
-    # enable --now would leave an already running service on its old code: reload it
-    # (which migrates first), or start it when it is not running.
-    assert commands[-3:-1] == ["systemctl enable sample.service", "systemctl reload-or-restart sample.service"]
-    assert not any("--now" in c for c in commands)
-    assert commands[-1] == "nginx -t && systemctl reload nginx"
-    assert any("/srv/vgen/sample/.venv/bin/pip install" in c and "gunicorn" in c for c in commands)
+def test_enable_commands_name_each_release():
+    assert enable_commands({"sample": "0123456789ab", "honeybees": "ba9876543210"}) == [
+        "/usr/local/sbin/vgen-activate sample=0123456789ab honeybees=ba9876543210"
+    ]
 
 
 # -- nginx and gunicorn -----------------------------------------------------------
@@ -417,7 +461,7 @@ def local_site(app: Path, tmp: Path, listen: int, upstream: int) -> Path:
     text = text.replace("listen 80;", f"listen 127.0.0.1:{listen};")
     text = text.replace("listen [::]:80;\n", "")
     text = re.sub(r"proxy_pass http://127\.0\.0\.1:\d+;", f"proxy_pass http://127.0.0.1:{upstream};", text)
-    text = text.replace(f"/srv/vgen/{app.name}/", f"{app}/")
+    text = text.replace(f"/srv/vgen/{app.name}/current/", f"{app}/")
     text = text.replace("/var/log/nginx/", f"{tmp}/logs/")
     site = tmp / "site.conf"
     site.write_text(text)

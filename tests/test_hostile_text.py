@@ -148,17 +148,17 @@ def test_a_browser_shows_the_texts_literally(hostile_app, project, tmp_path):
             browser.close()
 
 
-def test_the_units_verify_with_hostile_text(hostile_app, tmp_path):
+def test_the_units_verify_with_hostile_text(hostile_app, wheels, tmp_path):
     """The units name the vertical in comments and Description= (where systemd reads a
     % as a specifier, so the template doubles it: test_texts_are_data_not_code)."""
     from generator.install import install
     from test_deploy import SYSTEMD_ANALYZE, prepare_for_verify
 
     root = tmp_path / "root"
-    install(["hostile"], root, hostile_app.parent)
+    install(["hostile"], root, hostile_app.parent, wheels)
     prepare_for_verify(root)
-    units = sorted((root / "etc/systemd/system").glob("hostile*.service"))
-    assert len(units) == 2
+    units = sorted((root / "etc/systemd/system").glob("hostile*"))
+    assert len(units) == 4
     for unit in units:
         done = subprocess.run([SYSTEMD_ANALYZE, "verify", f"--root={root}", f"/etc/systemd/system/{unit.name}"],
                               capture_output=True, text=True)
