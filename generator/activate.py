@@ -102,23 +102,30 @@ def activate(slug: str, release: str) -> str:
     was_running = is_active(f"{slug}.service")
     since = time.time()
     switch(home, release, old)
+
+    def roll_back(e: Failed, restart: bool) -> Failed:
+        reason = journal(slug, since) or str(e)
+        switch(home, old, before)
+        if restart:  # the new workers run: start again on the release before
+            systemctl("restart", f"{slug}.service", check=False)
+        elif not was_running and old is not None:  # its migrate unit ran the new code
+            systemctl("restart", f"{slug}-migrate.service", check=False)
+        kept = f"release {old} serves again" if old else "nothing serves yet"
+        return Failed(f"release {release} refused, {kept}. The journal says:\n{indent(reason)}")
+
     try:
-        if was_running:
+        if was_running:  # migrate, healthz, then HUP: a failure stops before the HUP
             systemctl("reload", f"{slug}.service")
         else:
             systemctl("restart", f"{slug}-migrate.service")
         systemctl("enable", "--now", f"{slug}.socket")
-        if was_running:
-            health(socket_port(slug))
     except Failed as e:
-        reason = journal(slug, since) or str(e)
-        switch(home, old, before)
-        if was_running:
-            systemctl("restart", f"{slug}.service", check=False)
-        elif old is not None:
-            systemctl("restart", f"{slug}-migrate.service", check=False)
-        kept = f"release {old} serves again" if old else "nothing serves yet"
-        raise Failed(f"release {release} refused, {kept}. The journal says:\n{indent(reason)}") from None
+        raise roll_back(e, restart=False) from None
+    if was_running:
+        try:
+            health(socket_port(slug))
+        except Failed as e:
+            raise roll_back(e, restart=True) from None
     state = "serving" if was_running else "ready (the socket starts it on the first connection)"
     return f"{slug}: release {release} {state}" + (f"; previous release {old}" if old else "")
 

@@ -236,21 +236,30 @@ def ports_check(ctx):
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
 @click.pass_context
 def status(ctx, out):
-    """One row per vertical: port, template version, drift, health, last good backup."""
+    """One row per vertical: port, template version, drift, health, last good backup, and
+    on a host where `vgen install` put it, its state under systemd."""
     project = get_project(ctx, out)
+    rows = status_mod.status(project)
+    on_host = any(row.service for row in rows)
     table = Table(show_edge=False, box=None, pad_edge=False)
     for column in ("vertical", "port", "template", "spec", "hand edits", "health", "last backup"):
         table.add_column(column)
+    if on_host:
+        table.add_column("service")
     yes_no = {True: "yes", False: "no", None: "-"}
-    for row in status_mod.status(project):
+    service_style = {"active": "green", "idle": "green", "failed": "red", "stopped": "yellow"}
+    for row in rows:
         template = row.template or "[yellow]not generated[/yellow]"
         if row.template and not row.template_current:
             template = f"[yellow]{row.template} (behind)[/yellow]"
         spec_state = {True: "[yellow]changed[/yellow]", False: "same", None: "-"}[row.spec_changed]
-        health = "[green]ok[/green]" if row.health == "ok" else f"[red]{row.health}[/red]"
+        health = f"[green]{row.health}[/green]" if row.health in ("ok", "idle") else f"[red]{row.health}[/red]"
         backup = f"{row.last_backup} ({row.last_backup_kind})" if row.last_backup else "-"
-        table.add_row(row.slug, str(row.port or "-"), template, spec_state, yes_no[row.hand_edits],
-                      health, backup)
+        cells = [row.slug, str(row.port or "-"), template, spec_state, yes_no[row.hand_edits], health, backup]
+        if on_host:
+            style = service_style.get(row.service, "")
+            cells.append(f"[{style}]{row.service}[/{style}]" if style else row.service or "-")
+        table.add_row(*cells)
     console.print(table)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,10 @@ class Row:
     health: str  # "ok", "down" or an HTTP status
     last_backup: str  # time of the last verified backup, or ""
     last_backup_kind: str = ""  # "backup", "pre-migrate" or "pre-restore"
+    # Under systemd on this host: "active", "idle" (stopped after an idle spell; its
+    # socket starts it on the next connection), "failed" or "stopped"; "" when the
+    # vertical is not installed here.
+    service: str = ""
 
 
 def status(project: Project, timeout: float = 1.0) -> list[Row]:
@@ -43,6 +49,7 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
     # Apps without a spec are listed too; a copy such as apps/shop.bak is no vertical.
     apps = {p.name for p in project.out.glob("*") if spec.SLUG_RE.match(p.name) and (p / render.ANSWERS_FILE).exists()}
     slugs = sorted(set(project.slugs()) | apps)
+    services = service_states(slugs)
 
     def row(slug: str) -> Row:
         app = project.app_dir(slug)
@@ -53,14 +60,20 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
         if recorded and slug in valid and port is not None:
             spec_changed = answers.questions(recorded) != answers.plain(valid[slug].answers(port))
         backup_time, backup_kind = last_backup(app, slug)
+        service = services.get(slug, "")
+        if service == "idle":
+            state = "idle"  # asking /healthz would start it: the socket answers for it
+        else:
+            state = health(port, timeout) if port else "no port"
         return Row(
             slug=slug, port=port,
             template=render.template_version(project.root, commit) if commit else "",
             template_current=commit == current,
             spec_changed=spec_changed,
             hand_edits=_hand_edits(app) if recorded else None,
-            health=health(port, timeout) if port else "no port",
+            health=state,
             last_backup=backup_time, last_backup_kind=backup_kind,
+            service=service,
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -77,6 +90,51 @@ def _hand_edits(app: Path) -> bool | None:
     return bool(changed or untracked)
 
 
+def _systemctl_show(args: list[str]) -> str:
+    """`systemctl show ARGS` on this machine; "" where systemd does not run it."""
+    if not Path("/run/systemd/system").is_dir():  # systemd's own test for "booted with systemd"
+        return ""
+    try:
+        done = subprocess.run(["systemctl", "show", *args], capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return done.stdout
+
+
+def service_states(slugs: list[str], root: Path = Path("/"),
+                   show: Callable[[list[str]], str] = _systemctl_show) -> dict[str, str]:
+    """Each vertical's state under this host's systemd, for the ones `vgen install` put
+    here (its socket unit is in root/etc/systemd/system): one `systemctl show` for all.
+    Empty where systemd does not run (a laptop, CI) or nothing is installed.
+
+    show runs `systemctl show ARGS` and returns its output: on the host itself, by
+    default; a test passes one that runs it inside its container.
+    """
+    installed = [slug for slug in slugs if (Path(root) / f"etc/systemd/system/{slug}.socket").is_file()]
+    if not installed:
+        return {}
+    units = [f"{slug}{kind}" for slug in installed for kind in (".socket", ".service")]
+    seen: dict[str, dict[str, str]] = {}
+    for block in show(["--property=Id,ActiveState,Result", *units]).strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in props:
+            seen[props["Id"]] = props
+    if not seen:
+        return {}
+    states = {}
+    for slug in installed:
+        sock, service = seen.get(f"{slug}.socket", {}), seen.get(f"{slug}.service", {})
+        if "failed" in (sock.get("ActiveState"), service.get("ActiveState")):
+            states[slug] = "failed"
+        elif service.get("ActiveState") in ("active", "reloading", "activating"):
+            states[slug] = "active"
+        elif sock.get("ActiveState") == "active":
+            states[slug] = "idle"
+        else:
+            states[slug] = "stopped"
+    return states
+
+
 def health(port: int, timeout: float) -> str:
     """The app's health on the port: ok when /healthz answers 200, down when nothing
     answers, else the HTTP status it answers with."""
@@ -89,13 +147,13 @@ def health(port: int, timeout: float) -> str:
         return "down"
 
 
-def last_backup(app: Path, slug: str) -> tuple[str, str]:
+def last_backup(app: Path, slug: str, root: Path = Path("/")) -> tuple[str, str]:
     """(time, kind) of the app's latest verified backup, or ("", ""): the last good one
     `flask --app app backup` recorded in last.json ("backup"), or a backup migrate or
     restore took first ("pre-migrate", "pre-restore"), whichever is newer. Times are
     UTC, as 2026-11-25T03:17:00Z."""
     found = []
-    for data_dir in (app / "instance", Path("/var/lib") / slug):
+    for data_dir in (app / "instance", Path(root) / "var/lib" / slug):
         backups = data_dir / "backups"
         try:
             record = json.loads((backups / "last.json").read_text(encoding="utf-8"))

@@ -556,14 +556,16 @@ def free_port() -> int:
 class Browser:
     """A tiny HTTP client with one cookie jar, for the app's real forms (CSRF included)."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, port: int, address: str = "127.0.0.1", host: str | None = None, timeout: float = 10):
+        self.port, self.address, self.host, self.timeout = port, address, host, timeout
         self.cookies: dict[str, str] = {}
 
     def request(self, method, path, form=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection(self.address, self.port, timeout=self.timeout)
         try:
             headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+            if self.host:  # the name nginx picks the vertical's site by
+                headers["Host"] = self.host
             body = None
             if form is not None:
                 body = urlencode(form)
