@@ -43,6 +43,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SRV = Path("/srv/vgen")
@@ -75,12 +76,17 @@ def main(argv: list[str]) -> int:
         print(f"vgen-activate: {e}", file=sys.stderr)
         return 1
     failed = 0
+    # The venvs first, one at a time (the fleet normally shares one); then the verticals
+    # side by side, a few at a time: each mostly waits for its migrate unit or reload.
     for slug, release in wanted:
         try:
-            print(activate(slug, release), flush=True)
-        except Failed as e:
-            failed += 1
-            print(f"{slug}: FAILED: {e}", flush=True)
+            build_venv(SRV / slug / "releases" / release)
+        except (Failed, OSError):
+            pass  # activate() says so, for that vertical
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        for slug, said in zip([slug for slug, _ in wanted], pool.map(lambda w: attempt(*w), wanted)):
+            failed += said.startswith(f"{slug}: FAILED")
+            print(said, flush=True)
     try:
         reload_nginx()
     except Failed as e:
@@ -88,6 +94,15 @@ def main(argv: list[str]) -> int:
         print(f"nginx: FAILED: {e}", flush=True)
     prune()
     return 1 if failed else 0
+
+
+def attempt(slug: str, release: str) -> str:
+    try:
+        return activate(slug, release)
+    except Failed as e:
+        return f"{slug}: FAILED: {e}"
+    except OSError as e:
+        return f"{slug}: FAILED: {e}"
 
 
 def activate(slug: str, release: str) -> str:
@@ -107,7 +122,10 @@ def activate(slug: str, release: str) -> str:
         reason = journal(slug, since) or str(e)
         switch(home, old, before)
         if restart:  # the new workers run: start again on the release before
+            # A release that crashed at boot may have used up the service's start limit.
+            systemctl("reset-failed", f"{slug}.service", f"{slug}.socket", check=False)
             systemctl("restart", f"{slug}.service", check=False)
+            systemctl("start", f"{slug}.socket", check=False)
         elif not was_running and old is not None:  # its migrate unit ran the new code
             systemctl("restart", f"{slug}-migrate.service", check=False)
         kept = f"release {old} serves again" if old else "nothing serves yet"
