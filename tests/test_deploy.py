@@ -588,6 +588,43 @@ def test_gunicorn_hooks_run_cleanly(tmp_path, gunicorn_app):
     assert "Traceback" not in log and "Exception" not in log, log
 
 
+@pytest.mark.slow
+def test_gunicorn_stops_itself_once_idle_and_only_when_asked(apps, tmp_path):
+    """IDLE_STOP_SECONDS (set by the unit): no request for that long and gunicorn exits
+    cleanly (status 0, so systemd does not restart it; its socket starts it again).
+    Unset, as under `vgen serve`, the app never stops itself."""
+    app = apps / "sample"
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"))
+    subprocess.run([sys.executable, "-m", "flask", "--app", "app", "migrate"], cwd=app, env=env, check=True,
+                   capture_output=True)
+    servers = {}
+    for idle in ("2", ""):
+        port = free_port()
+        log = tmp_path / f"gunicorn-{idle or 'never'}.log"
+        servers[idle] = (port, log, subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"], cwd=app,
+            env=dict(env, GUNICORN_BIND=f"127.0.0.1:{port}", IDLE_STOP_SECONDS=idle),
+            preexec_fn=deny_write_execute, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+        ))
+    try:
+        for port, _, _ in servers.values():
+            wait_for(port)
+        port, log, stopping = servers["2"]
+        for _ in range(3):  # requests keep it up: idle counts from the last one
+            assert get(port, "/healthz")[0] == 200
+            time.sleep(1)
+        assert stopping.poll() is None
+        assert stopping.wait(timeout=15) == 0
+        assert "No request for 2 s (IDLE_STOP_SECONDS): stopping until the next connection" in log.read_text()
+        _, _, never = servers[""]
+        assert never.poll() is None  # still serving
+    finally:
+        for _, _, server in servers.values():
+            if server.poll() is None:
+                server.terminate()
+                server.wait(timeout=30)
+
+
 @pytest.fixture
 def echo_upstream():
     """A stand-in for gunicorn answering each request with the headers it was sent."""
