@@ -52,6 +52,7 @@ SLUG_RE = re.compile(r"^[a-z][a-z0-9]{1,30}$")
 RELEASE_RE = re.compile(r"^[0-9a-f]{12,64}$")
 # How long a reloaded service has to answer /healthz with its new workers.
 HEALTH_SECONDS = 60
+NOTHING_CHANGED = "nothing changed"
 
 
 class Failed(Exception):
@@ -83,15 +84,18 @@ def main(argv: list[str]) -> int:
             build_venv(SRV / slug / "releases" / release)
         except (Failed, OSError):
             pass  # activate() says so, for that vertical
+    changed = False
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         for slug, said in zip([slug for slug, _ in wanted], pool.map(lambda w: attempt(*w), wanted)):
             failed += said.startswith(f"{slug}: FAILED")
+            changed |= not said.endswith(NOTHING_CHANGED)
             print(said, flush=True)
-    try:
-        reload_nginx()
-    except Failed as e:
-        failed += 1
-        print(f"nginx: FAILED: {e}", flush=True)
+    if changed:  # a new release brings its nginx site
+        try:
+            reload_nginx()
+        except Failed as e:
+            failed += 1
+            print(f"nginx: FAILED: {e}", flush=True)
     prune()
     return 1 if failed else 0
 
@@ -112,7 +116,7 @@ def activate(slug: str, release: str) -> str:
     old, before = link_target(home / "current"), link_target(home / "previous")
     if old == release:
         systemctl("enable", "--now", f"{slug}.socket")
-        return f"{slug}: release {release} is already current; nothing changed"
+        return f"{slug}: release {release} is already current; {NOTHING_CHANGED}"
     build_venv(home / "releases" / release)
     was_running = is_active(f"{slug}.service")
     since = time.time()
