@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ports, spec
+from . import placement, ports, spec
 from .errors import Problem, VgenError
 from .gitrepo import git
 
@@ -23,6 +23,10 @@ class Project:
     @property
     def ports_path(self) -> Path:
         return self.root / "ports.toml"
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.root / "hosts.toml"
 
     @property
     def ports_lock(self) -> Path:
@@ -75,8 +79,9 @@ def find_project(root: str | Path | None = None, out: str | Path | None = None) 
 
 
 def check(project: Project) -> list[Problem]:
-    """Every problem in every spec and in ports.toml."""
+    """Every problem in every spec, in ports.toml and in hosts.toml (when there is one)."""
     _, problems = project.load_verticals()
+    problems += placement.load(project.hosts_path, project.slugs())[1]
     try:
         registry = ports.load(project.ports_path)
     except VgenError as exc:  # ports.toml unreadable: its problems, then no registry to check
