@@ -161,7 +161,8 @@ def one_vertical(tmp: Path, host, slug: str = "cheesemaking") -> None:
 
 def coldstart(args) -> None:
     harness.header("scripts/bench coldstart")
-    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as [host]:
+    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
+        host = fleet.hosts[0]
         one_vertical(Path(tmp), host)
         add_hello(host, "cheesemaking", 8999)
         targets = [["cheesemaking.service", port_of(host, "cheesemaking"), "/login"],
@@ -178,7 +179,8 @@ def coldstart(args) -> None:
 
 def reload(args) -> None:
     harness.header("scripts/bench reload")
-    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as [host]:
+    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
+        host = fleet.hosts[0]
         one_vertical(Path(tmp), host)
         add_hello(host, "cheesemaking", 8999)
         app = inside(host, RELOAD, "cheesemaking.service", str(port_of(host, "cheesemaking")), "/login",
@@ -192,7 +194,8 @@ def reload(args) -> None:
 
 def idle(args) -> None:
     harness.header(f"scripts/bench idle: {args.count} verticals")
-    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as [host]:
+    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
+        host = fleet.hosts[0]
         tmp = Path(tmp)
         empty = inside(host, PSS)
         root = synthetic.make_project(harness.source_repo(), tmp / "vgen", args.count)

@@ -232,10 +232,37 @@ def journal(slug: str, since: float) -> str:
 
 
 def reload_nginx() -> None:
-    done = subprocess.run(["nginx", "-t"], capture_output=True, text=True)
+    """Check nginx's configuration, reload it, and return once the workers that ran the
+    old configuration no longer accept connections (a reload is asynchronous: until
+    then a request for a new site could still meet the old configuration)."""
+    done = subprocess.run(["nginx", "-t"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise Failed(f"`nginx -t` refuses the configuration, nginx keeps the one it has:\n{indent(done.stderr)}")
+    old = nginx_workers()
     systemctl("reload-or-restart", "nginx.service")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        workers = nginx_workers()
+        if not any(pid in workers and "shutting down" not in workers[pid] for pid in old):
+            return
+        time.sleep(0.05)
+
+
+def nginx_workers() -> dict[int, str]:
+    """nginx's worker processes: pid -> their title ("nginx: worker process", and "is
+    shutting down" once a reload has retired them)."""
+    try:
+        master = int(Path("/run/nginx.pid").read_text())
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except (OSError, ValueError):
+        return {}
+    workers = {}
+    for pid in children:
+        try:
+            workers[int(pid)] = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        except OSError:
+            pass
+    return workers
 
 
 def prune() -> None:

@@ -60,6 +60,21 @@ def wheels():
     return wheelhouse.build(listed, *wheelhouse.host_python(Path("/")))
 
 
+@pytest.fixture(scope="session")
+def systemd_host(tmp_path_factory):
+    """One booted Debian 12 container with real systemd for the whole session
+    (tests/hosts.py); the tests that use it run on one xdist worker, in file order."""
+    import hosts
+
+    if os.environ.get(hosts.OPT_OUT) == "1":
+        pytest.skip(f"{hosts.OPT_OUT}=1: the tests under real systemd are left out, as asked")
+    try:
+        with hosts.Fleet(tmp_path_factory.mktemp("hosts"), count=1) as fleet:
+            yield fleet.hosts[0]
+    except hosts.Unavailable as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 @pytest.fixture
 def project(template_repo, tmp_path) -> Project:
     """A private clone of the template repository, with apps going to tmp_path/apps."""
