@@ -113,6 +113,8 @@ def fleet(systemd_host, template_repo, tmp_path_factory):
         render_app(template_repo, example_answers(slug), out / slug)
     status, output = install_and_activate(template_repo, out, systemd_host, EXAMPLES)
     assert status == 0, output
+    for slug in EXAMPLES:  # an account each: data the later tests keep, through a reboot too
+        sign_up(browser(systemd_host, slug))
     return out
 
 
@@ -124,7 +126,6 @@ def test_every_example_serves_through_nginx_from_its_socket(systemd_host, fleet)
         b = browser(host, slug)
         status, _, page = b.request("GET", "/login")
         assert status == 200 and 'name="password"' in page, (slug, status, page[:300])
-        sign_up(b)  # data, which must survive a reboot (test_reboot...)
         # The service the socket started runs as a dynamic user, on the current release.
         pid = show(host, f"{slug}.service", "MainPID")
         assert pid != "0", slug
