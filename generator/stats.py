@@ -219,7 +219,7 @@ def _open(path: Path):
 def _read(lines, tally: _Tally, since: int, until: int) -> None:
     """Add one file's lines to the tally (the hot loop: locals only)."""
     match = LINE_RE.match
-    hour_of = _hour_cache()
+    minutes: dict[str, tuple[int, int] | None] = {}  # $time_local to the minute -> (hour, minute)
     bot_of: dict[str, bool] = {}
     visitors, hours, paths = tally.visitors, tally.hours, tally.paths
     daily, daily_errors = tally.daily, tally.daily_errors
@@ -231,18 +231,29 @@ def _read(lines, tally: _Tally, since: int, until: int) -> None:
             malformed += 1
             continue
         addr, stamp, request, status, agent = m.groups()
-        hour = hour_of(stamp)
+        key = stamp[:17] + stamp[20:]
         try:
-            minute, second = int(stamp[15:17]), int(stamp[18:20])
-        except ValueError:
-            hour = None
-        if hour is None or minute > 59 or second > 60:
+            hour, minute = minutes[key]
+            second = int(stamp[18:20])
+        except KeyError:
+            minutes[key] = _parse_minute(stamp)
+            if minutes[key] is None:
+                malformed += 1
+                continue
+            hour, minute = minutes[key]
+            second = int(stamp[18:20])
+        except (TypeError, ValueError):  # a minute already known to be malformed, or the second
             malformed += 1
             continue
-        when = hour + minute * 60 + second
-        if not since <= when <= until:
+        if second > 60:  # 60: a leap second
+            malformed += 1
             continue
-        day = min((when - since) // 86400, last_day)
+        when = minute + second
+        if when < since or when > until:
+            continue
+        day = (when - since) // 86400
+        if day > last_day:
+            day = last_day  # `until` itself
         if status[0] == "5":
             errors += 1
             daily_errors[day] += 1
@@ -257,40 +268,32 @@ def _read(lines, tally: _Tally, since: int, until: int) -> None:
         hours[hour] += 1
         daily[day] += 1
         parts = request.split(" ")
-        if len(parts) == 3 and parts[1].startswith("/"):
-            paths[parts[1].split("?", 1)[0]] += 1
+        if len(parts) == 3 and parts[1][:1] == "/":
+            paths[parts[1].partition("?")[0]] += 1
     tally.requests += requests
     tally.errors += errors
     tally.bots += bots
     tally.malformed += malformed
 
 
-def _hour_cache():
-    """A function from nginx's $time_local ("10/Oct/2000:13:55:36 -0700") to the Unix
-    time its clock hour starts, or None; remembered per hour, as lines come in order."""
-    cache: dict[str, int | None] = {}
-
-    def hour_of(stamp: str) -> int | None:
-        key = stamp[:14] + stamp[20:]
-        if key in cache:
-            return cache[key]
-        cache[key] = value = _parse_hour(stamp)
-        return value
-
-    return hour_of
-
-
-def _parse_hour(stamp: str) -> int | None:
-    if len(stamp) != 26 or stamp[2] != "/" or stamp[6] != "/" or stamp[11] != ":" or stamp[20] != " ":
+def _parse_minute(stamp: str) -> tuple[int, int] | None:
+    """nginx's $time_local ("10/Oct/2000:13:55:36 -0700") as the Unix times its clock hour
+    and its minute start, or None when it is no such time."""
+    if len(stamp) != 26 or stamp[2] != "/" or stamp[6] != "/" or stamp[11] != ":" or stamp[14] != ":" \
+            or stamp[17] != ":" or stamp[20] != " " or not stamp[18:20].isdigit():
         return None
     try:
         sign = {"+": 1, "-": -1}[stamp[21]]
         offset = dt.timedelta(hours=int(stamp[22:24]), minutes=int(stamp[24:26])) * sign
-        start = dt.datetime(int(stamp[7:11]), MONTHS[stamp[3:6]], int(stamp[0:2]), int(stamp[12:14]),
-                            tzinfo=dt.timezone(offset))
+        hour = dt.datetime(int(stamp[7:11]), MONTHS[stamp[3:6]], int(stamp[0:2]), int(stamp[12:14]),
+                           tzinfo=dt.timezone(offset))
+        minute = int(stamp[15:17])
     except (KeyError, ValueError):
         return None
-    return int(start.timestamp())
+    if not stamp[15:17].isdigit() or minute > 59:
+        return None
+    start = int(hour.timestamp())
+    return start, start + minute * 60
 
 
 def _iso(unix: int) -> str:
