@@ -416,7 +416,7 @@ PAGE = """\
   dd { margin: 0; font-weight: 600; font-variant-numeric: tabular-nums; }
   dd.bad { color: var(--error); }
   svg { display: block; width: 100%; height: auto; }
-  .axis { display: flex; justify-content: space-between; color: var(--muted); font-size: .75rem; margin: 2px 0 8px; }
+  .axis { display: flex; white-space: nowrap; justify-content: space-between; color: var(--muted); font-size: .75rem; margin: 2px 0 8px; }
   ol { margin: 0; padding-left: 1.2em; font-size: .85rem; }
   li { overflow-wrap: anywhere; }
   li span { color: var(--muted); }
@@ -427,7 +427,8 @@ PAGE = """\
 <main>
 <h1>Traffic per vertical</h1>
 <p class="period">Over {{ period }}, from {{ report.log_dir }}: {{ fmt(report.verticals | length) }} verticals,
-{{ fmt(total_visitors) }} unique visitors, {{ fmt(total_requests) }} requests (bots left out).</p>
+{{ fmt(total_visitors) }} unique visitors, {{ fmt(total_requests) }} requests (bots left out).
+Each chart: requests per day, server errors in red.</p>
 <div class="grid">
 {% for t in report.verticals %}
 <article id="vertical-{{ t.slug }}" aria-labelledby="title-{{ t.slug }}">
@@ -455,7 +456,7 @@ PAGE = """\
     </g>
 {% endfor %}
   </svg>
-  <div class="axis" aria-hidden="true"><span>{{ iso(report.since)[:10] }}</span><span>requests per day, server errors in red</span><span>{{ iso(report.until)[:10] }}</span></div>
+  <div class="axis" aria-hidden="true"><span>{{ iso(report.since)[:10] }}</span><span>{{ iso(report.until)[:10] }}</span></div>
 {% if t.top_paths %}
   <ol aria-label="Most requested pages">
 {% for path, n in t.top_paths %}
