@@ -312,10 +312,10 @@ from . import stats as stats_mod
 
 @main.command()
 @click.option("--days", default="7", metavar="N", help="The period: the last N days (default 7).")
-@click.option("--log-dir", type=click.Path(), default=str(stats_mod.DEFAULT_LOG_DIR), show_default=True,
+@click.option("--log-dir", type=click.Path(), metavar="DIR", default=str(stats_mod.DEFAULT_LOG_DIR), show_default=True,
               help="Where nginx writes <slug>.access.log.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by slug, nothing else.")
-@click.option("--html", "html_file", type=click.Path(), help="Also write a self-contained page with a chart per vertical.")
+@click.option("--html", "html_file", type=click.Path(), metavar="FILE", help="Also write a self-contained page with a chart per vertical.")
 @click.pass_context
 def stats(ctx, days, log_dir, as_json, html_file):
     """Traffic per vertical from nginx's access logs (rotated and gzipped ones too):

@@ -6,12 +6,12 @@ Each vertical's nginx site logs to ``<slug>.access.log`` in nginx's ``combined``
 
 Why a small parser and not GoAccess: the figures are few (visitors, requests, peak hour,
 server errors, bots) and the contract fixes their exact meaning and a JSON shape keyed by
-slug; a parser of some eighty lines of the standard library (re, gzip) gives exactly those
-figures, testably, on any machine where vgen runs. GoAccess would be one more Debian
-package on every host and on the founder's machine, run once per vertical, whose JSON
-differs between versions and whose notions (a "visitor" is an address, date and agent;
-its crawler list is its own) are not ours; we would still have to translate its output.
-A million lines take a few seconds here, which is plenty for a fleet of small apps.
+slug; a parser of under a hundred lines of the standard library (re, gzip) gives exactly
+those figures, testably, on any machine where vgen runs. GoAccess would be one more
+Debian package on every host and on the founder's machine, run once per vertical, whose
+JSON differs between versions and whose notions (a "visitor" is an address, date and
+agent; its crawler list is its own) are not ours: we would still translate its output.
+A million lines take about four seconds of one core, plenty for a fleet of small apps.
 
 What is counted, per vertical, over the ``days`` * 24 hours up to ``now``:
 
