@@ -306,5 +306,41 @@ def serve(ctx, slug, out):
     os.execve(command.argv[0], command.argv, command.env)
 
 
+# Imported here, with the command, so that this block merges on its own.
+from . import stats as stats_mod
+
+
+@main.command()
+@click.option("--days", default="7", metavar="N", help="The period: the last N days (default 7).")
+@click.option("--log-dir", type=click.Path(), metavar="DIR", default=str(stats_mod.DEFAULT_LOG_DIR), show_default=True,
+              help="Where nginx writes <slug>.access.log.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object keyed by slug, nothing else.")
+@click.option("--html", "html_file", type=click.Path(), metavar="FILE", help="Also write a self-contained page with a chart per vertical.")
+@click.pass_context
+def stats(ctx, days, log_dir, as_json, html_file):
+    """Traffic per vertical from nginx's access logs (rotated and gzipped ones too):
+    unique visitors, requests, peak hour and error rate, bots left out.
+
+    Every vertical of the project is listed, and every <slug>.access.log in the folder;
+    without a project (on a host), the logs found."""
+    days = stats_mod.parse_days(days)
+    try:
+        slugs = get_project(ctx).slugs()
+    except VgenError:
+        if ctx.obj["project_dir"] or os.environ.get("VGEN_PROJECT"):
+            raise
+        slugs = None
+    report = stats_mod.stats(Path(log_dir), slugs, days)
+    if html_file:
+        stats_mod.write_html(report, Path(html_file))
+    if as_json:
+        click.echo(stats_mod.to_json(report))
+        return
+    for line in stats_mod.text_lines(report):
+        console.print(line, markup=False, soft_wrap=True)
+    if html_file:
+        console.print(f"Wrote {html_file}", markup=False, soft_wrap=True)
+
+
 if __name__ == "__main__":
     main()
