@@ -294,6 +294,46 @@ def install(ctx, slugs, all_, root, out):
 
 
 @main.command()
+@click.argument("slugs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every vertical in verticals/.")
+@click.option("--host", "only_host", help="Only the verticals placed on this host.")
+@click.option("--check", is_flag=True, help="Ansible's check mode: show what would change, change nothing.")
+@click.option("--diff", is_flag=True, help="Show the differences (Ansible's --diff).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hosts rolled out at a time.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
+    """Roll verticals out to the hosts of hosts.toml with Ansible: rolling, health-gated,
+    rolled back on failure; the inventory and playbook are in build/deploy/."""
+    from . import deploy as deploying
+
+    if bool(slugs) == all_:
+        raise click.UsageError("name one or more verticals, or pass --all")
+    project = get_project(ctx, out)
+    fleet, by_host = deploying.plan(project, project.slugs() if all_ else list(slugs), only_host)
+    if not by_host:
+        raise VgenError("no vertical to deploy on the chosen host")
+    staged = deploying.stage(project, fleet, by_host)
+    inventory, playbook = deploying.write_playbook(project, staged, batch)
+    status, outcomes, recap = deploying.run(project, staged, inventory, playbook, check=check, diff=diff)
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for column in ("host", "vertical", "release", "outcome"):
+        table.add_column(column)
+    for o in outcomes:
+        style = "red" if o.outcome.startswith("FAILED") else "dim" if o.outcome.endswith("nothing changed") else ""
+        shown = escape(o.outcome.splitlines()[0]) if o.outcome else "-"
+        if check and o.outcome == "not reached":
+            shown = "check mode: not activated"
+        table.add_row(o.host, o.slug, o.release, f"[{style}]{shown}[/{style}]" if style else shown)
+    console.print(table)
+    console.print(escape(recap), soft_wrap=True)
+    console.print(f"Inventory and playbook: {escape(str(inventory))}, {escape(str(playbook))}")
+    if status != 0:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("slug")
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
 @click.pass_context

@@ -102,7 +102,7 @@ def install(slugs: list[str], root: Path, out: Path, wheelhouse: Wheelhouse) -> 
             for source, target in _deploy_files(slug):
                 laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644, journal))
             laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug), journal))
-            laid.append(_lay_once(root / f"etc/vgen/{slug}.env", _settings_file(slug), 0o600, journal))
+            laid.append(_lay_once(root / f"etc/vgen/{slug}.env", settings_file(slug), 0o600, journal))
     except OSError as exc:
         journal.undo()
         where = exc.filename if exc.filename is not None else root
@@ -199,7 +199,7 @@ def release_id(files: list[tuple[str, int, bytes]]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _settings_file(slug: str) -> bytes:
+def settings_file(slug: str) -> bytes:
     return f"""# Settings of {slug}, read by its units (systemd's EnvironmentFile= format).
 # vgen install wrote this file once and never changes it: it is yours.
 #

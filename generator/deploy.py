@@ -1,0 +1,255 @@
+"""`vgen deploy`: roll verticals out to the hosts of hosts.toml with Ansible.
+
+vgen keeps the model (which vertical lives on which host, on which port) and writes a
+plain inventory and playbook that ansible-playbook runs, so the rollout is something any
+operations person can read, audit and rerun without vgen:
+
+1. For each host, `vgen install` lays its verticals under a staging root
+   (build/deploy/HOST/root): releases, wheelhouse, units, cron files, nginx sites,
+   vgen-activate. The tree is packed into one bundle whose bytes depend only on its
+   content (sorted entries, owner root, each file's time derived from its content), so
+   an unchanged fleet gives the same bundle and Ansible reports every task unchanged.
+2. build/deploy/inventory.yml and build/deploy/playbook.yml are written (regenerated each
+   time, ignored by git).
+3. ansible-playbook runs it: one host at a time (serial, --batch N for more), stopping at
+   the first host that fails or cannot be reached (any_errors_fatal, max_fail_percentage
+   0), so the hosts after it are untouched. On each host: copy the bundle, unpack it
+   over / when it changed, create each vertical's settings file only when it is missing
+   (it is the admin's), then run vgen-activate, which switches each release, migrates,
+   checks /healthz and rolls a failing vertical back by itself (generator/activate.py).
+
+`--check` runs Ansible's check mode (nothing changes on any host); `--diff` adds which
+release each vertical would move from and to.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import install as installing
+from . import placement
+from .errors import VgenError
+from .project import Project
+
+BUILD = Path("build/deploy")
+# Laid once on the host and then the admin's: never in the bundle (a task creates it).
+KEPT = ("etc/vgen/",)
+# File times in the bundle: a fixed start plus an offset from the content, so that a
+# changed file gets a new time (nginx's Last-Modified and ETag follow it) and an
+# unchanged one keeps its time.
+EPOCH = 1_700_000_000
+
+
+@dataclass
+class Staged:
+    host: placement.Host
+    slugs: list[str]
+    bundle: Path
+    releases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    host: str
+    slug: str
+    release: str
+    outcome: str  # what vgen-activate said, "not reached", "unchanged"...
+
+
+def plan(project: Project, slugs: list[str], only_host: str | None = None) -> tuple[placement.Fleet, dict[str, list[str]]]:
+    """hosts.toml's fleet, and the verticals each host gets (in hosts.toml's order)."""
+    fleet = placement.load_or_fail(project.hosts_path, project.slugs())
+    if fleet is None:
+        raise VgenError(f"{project.shown(project.hosts_path)} is missing: vgen deploy needs the hosts to "
+                        "deploy to ([hosts.NAME] with an address); `vgen install --root /` serves one local host")
+    if only_host is not None and only_host not in fleet.hosts:
+        raise VgenError(f"--host {only_host}: not one of the hosts in hosts.toml ({', '.join(fleet.hosts)})")
+    by_host: dict[str, list[str]] = {}
+    for name in fleet.hosts:
+        if only_host in (None, name):
+            chosen = fleet.verticals_on(name, slugs)
+            if chosen:
+                by_host[name] = chosen
+    return fleet, by_host
+
+
+def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]]) -> list[Staged]:
+    """Lay each host's verticals under its staging root and pack the bundle."""
+    build = project.root / BUILD
+    staged = []
+    for name, slugs in by_host.items():
+        root = build / name / "root"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        wheels = installing.wheels_for(slugs, root, project.out)
+        installed = installing.install(slugs, root, project.out, wheels)
+        bundle = build / name / "bundle.tar.gz"
+        _pack(root, bundle)
+        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
+        named = bundle.with_name(f"bundle-{digest}.tar.gz")
+        for old in bundle.parent.glob("bundle-*.tar.gz"):
+            if old != named:
+                old.unlink()
+        os.replace(bundle, named)
+        staged.append(Staged(fleet.hosts[name], slugs, named, installed.releases))
+    return staged
+
+
+def _pack(root: Path, bundle: Path) -> None:
+    """A gzipped tar of root whose bytes depend only on what it holds."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if any(rel.startswith(k) or rel + "/" == k for k in KEPT):
+                continue
+            info = tar.gettarinfo(path, arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isfile():
+                content = path.read_bytes()
+                info.mtime = EPOCH + int(hashlib.sha256(content).hexdigest()[:7], 16)
+                tar.addfile(info, io.BytesIO(content))
+            else:
+                info.mtime = EPOCH
+                tar.addfile(info)
+    with open(bundle, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
+        gz.write(raw.getvalue())
+
+
+def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tuple[Path, Path]:
+    """build/deploy/inventory.yml and playbook.yml for the staged hosts."""
+    build = project.root / BUILD
+    build.mkdir(parents=True, exist_ok=True)
+    hosts = {}
+    for s in staged:
+        hosts[s.host.name] = {
+            "ansible_host": s.host.address,
+            "ansible_user": s.host.user,
+            "ansible_python_interpreter": "/usr/bin/python3",
+            **s.host.vars,
+            "vgen_bundle": str(s.bundle),
+            "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
+            "vgen_verticals": s.slugs,
+            "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
+            "vgen_results": str(build / s.host.name / "activated.txt"),
+        }
+    inventory = build / "inventory.yml"
+    inventory.write_text("# Written by vgen deploy from hosts.toml and ports.toml; regenerated each time.\n"
+                         + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
+    play = [{
+        "name": "vgen deploy: lay each host's releases, then put them into service",
+        "hosts": "all",
+        "serial": batch,
+        "any_errors_fatal": True,
+        "max_fail_percentage": 0,
+        "gather_facts": False,
+        "tasks": [
+            # An unreachable host would only be left out of the play; the rollout stops there.
+            {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
+             "register": "reached"},
+            {"name": "Stop the rollout at a host that cannot be reached",
+             "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
+             "when": "reached.unreachable | default(false)"},
+            {"name": "A folder for the bundles",
+             "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
+            {"name": "A folder for the settings files",
+             "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
+            {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
+             "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
+                                      "mode": "0600"}},
+            {"name": "Lay it under /",
+             "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
+                                           "remote_src": True,
+                                           "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
+             "when": "not ansible_check_mode"},
+            {"name": "Remember it is laid",
+             "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
+                                      "mode": "0600"}},
+            {"name": "Each vertical's settings file, once (then it is the admin's)",
+             "ansible.builtin.copy": {"content": "{{ vgen_settings[item] }}",
+                                      "dest": "/etc/vgen/{{ item }}.env", "mode": "0600", "force": False},
+             "loop": "{{ vgen_verticals }}"},
+            {"name": "The releases in service now",
+             "ansible.builtin.shell": "for s in {{ vgen_verticals | join(' ') }}; do "
+                                      "echo \"$s $(readlink /srv/vgen/$s/current 2>/dev/null | sed 's|releases/||')\"; done",
+             "register": "before", "changed_when": False, "check_mode": False},
+            {"name": "Put the new releases into service (health-gated; vgen-activate rolls back a failing one)",
+             "ansible.builtin.command": "/usr/local/sbin/vgen-activate {{ vgen_releases }}",
+             "register": "activated",
+             "changed_when": "activated.stdout_lines | reject('search', 'nothing changed$') | list | length > 0",
+             "failed_when": False},
+            {"name": "Tell vgen what happened",
+             "ansible.builtin.copy": {"content": "{{ activated.stdout | default('') }}\n", "dest": "{{ vgen_results }}"},
+             "delegate_to": "localhost", "changed_when": False, "check_mode": False,
+             "when": "activated is defined and activated.stdout is defined"},
+            {"name": "Stop the rollout when a vertical failed",
+             "ansible.builtin.fail": {"msg": "{{ activated.stdout }}"},
+             "when": "activated.rc is defined and activated.rc != 0"},
+        ],
+    }]
+    playbook = build / "playbook.yml"
+    playbook.write_text("# Written by vgen deploy; regenerated each time. Run it again with:\n"
+                        f"#   ansible-playbook -i {inventory} {playbook}\n"
+                        + yaml.safe_dump(play, sort_keys=False, width=1000))
+    return inventory, playbook
+
+
+def run(project: Project, staged: list[Staged], inventory: Path, playbook: Path,
+        check: bool = False, diff: bool = False) -> tuple[int, list[Outcome], str]:
+    """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
+    for s in staged:
+        (project.root / BUILD / s.host.name / "activated.txt").unlink(missing_ok=True)
+    ansible = shutil.which("ansible-playbook") or str(Path(os.sys.executable).with_name("ansible-playbook"))
+    if not Path(ansible).exists() and not shutil.which("ansible-playbook"):
+        raise VgenError("vgen deploy runs ansible-playbook, which is not installed: pip install 'vgen[deploy]' "
+                        "(or ansible-core)")
+    command = [ansible, "-i", str(inventory), str(playbook)]
+    if check:
+        command.append("--check")
+    if diff:
+        command.append("--diff")
+    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    output = done.stdout + done.stderr
+    recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
+    # Why a host failed or could not be reached: Ansible's own lines, before the recap.
+    fatal = [line[:2000] for line in output.splitlines() if line.startswith(("fatal:", "failed:"))]
+    if fatal:
+        recap = "\n".join(fatal) + "\n" + recap
+    outcomes = []
+    for s in staged:
+        said = _said(project.root / BUILD / s.host.name / "activated.txt")
+        for slug in s.slugs:
+            outcomes.append(Outcome(s.host.name, slug, s.releases[slug], said.get(slug, "not reached")))
+    return done.returncode, outcomes, recap
+
+
+def _said(path: Path) -> dict[str, str]:
+    """vgen-activate's line per vertical: slug -> what it said after the slug."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    said = {}
+    for line in lines:
+        slug, sep, rest = line.partition(": ")
+        if sep and slug and " " not in slug:
+            said[slug] = rest
+    return said
+
+
+def to_json(outcomes: list[Outcome]) -> str:
+    return json.dumps([o.__dict__ for o in outcomes], indent=2)
