@@ -1,6 +1,7 @@
 """Accounts: sign up, log in, log out, change password; who is logged in (g.user).
+(The links the app mails, to finish a sign-up or reset a password, are in tokens.py.)
 
-A customer account ("account") has users ("user"); signing up creates both. Passwords
+A customer account ("account") has users ("user"); a sign-up creates both. Passwords
 are hashed with scrypt. Each login is a row of "app_session" whose random id the signed
 session cookie carries: logging out deletes the row, so even a copy of the cookie stops
 working, and changing the password deletes the user's other sessions. Failed logins are
@@ -22,8 +23,8 @@ Login limits, and the threat each answers (windows of LOGIN_WINDOW_SECONDS):
   browser that succeeded (its device's), never those made by others at that address
   or email, so the guesser gets no fresh tries from the owner's login.
 What is left: a new browser on an address where someone guessed at the same email
-waits out the window (a password reset by email is the way out once the app sends
-mail).
+waits out the window, or resets the password by email (/forgot, in tokens.py): the
+reset logs that browser in and makes it a known device.
 """
 
 import functools

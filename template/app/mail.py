@@ -25,6 +25,7 @@ import smtplib
 import ssl
 import tempfile
 from datetime import datetime, timezone
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from urllib.parse import urlsplit
@@ -38,7 +39,8 @@ from . import spec
 
 def init_app(app):
     app.cli.add_command(mail_test_command)
-    if not app.config["SMTP_HOST"]:
+    # Said when a server process starts; the CLI's commands (migrate, backup) stay quiet.
+    if not app.config["SMTP_HOST"] and click.get_current_context(silent=True) is None:
         app.logger.warning(
             "SMTP_HOST is not set: mail is written to %s, not sent", outbox_dir(app.config)
         )
@@ -62,7 +64,8 @@ def sender():
     if config["MAIL_FROM"]:
         return config["MAIL_FROM"]
     host = urlsplit(config["BASE_URL"]).hostname or (request.host.split(":")[0] if request else "localhost")
-    return f"{spec.NAME} <noreply@{host}>"
+    # An Address quotes whatever the vertical's name holds (commas, quotes, accents).
+    return Address(display_name=spec.NAME, username="noreply", domain=host)
 
 
 def send(to, subject, body):

@@ -83,14 +83,15 @@ class AuthActions:
     def __init__(self, client):
         self.client = client
 
-    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme", **kwargs):
+    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme", csrf_token=None, **kwargs):
         """Sign up and, when the app mailed a link to finish, open it: the last response
         (a redirect to the dashboard, logged in, when it worked)."""
         to = normal_email(email)
         before = len(mails(self.client.application, to))
-        response = self.client.post(
-            "/signup", data={"account": account, "email": email, "password": password, "confirm": password}, **kwargs
-        )
+        data = {"account": account, "email": email, "password": password, "confirm": password}
+        if csrf_token is not None:
+            data["csrf_token"] = csrf_token
+        response = self.client.post("/signup", data=data, **kwargs)
         sent = mails(self.client.application, to)[before:]
         if not sent or sent[-1]["Subject"] != "Finish signing up":
             return response  # refused, or the address has an account (its owner was told)

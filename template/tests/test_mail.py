@@ -17,6 +17,13 @@ from conftest import PASSWORD, TEST_CONFIG, AuthActions, forget_mail_requests, l
 NEW_PASSWORD = "a brand new passphrase"
 
 
+@pytest.fixture(autouse=True)
+def verifying(app):
+    """These tests verify addresses whatever this vertical's spec says (verify_email);
+    those about an app that does not, turn it off themselves."""
+    app.config["VERIFY_EMAIL"] = True
+
+
 def query(app, sql, *args):
     with app.app_context():
         return get_db().execute(sql, args).fetchall()
