@@ -31,9 +31,10 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
+
 from . import auth, mail
 from .db import get_db
-from .values import PostedForm, now
+from .values import now
 
 bp = Blueprint("tokens", __name__)
 
@@ -90,8 +91,8 @@ def use(db, row):
 
 
 def mail_limit(email, address):
-    """A 429 response when no more mail may be asked for: for this recipient (one a
-    minute, a few an hour) or from this client address; else None."""
+    """(seconds to wait, what to say) when no more mail may be asked for: for this
+    recipient (one a minute, a few an hour) or from this client address; else None."""
     config = current_app.config
     if auth.recent("app_mail_request", 60, email=email) >= config["MAIL_MAX_PER_EMAIL_MINUTE"]:
         window = 60
@@ -161,7 +162,7 @@ def start_signup(email, account_name, password_hash, existing):
 @bp.route("/verify/<token>", methods=("GET", "POST"))
 def verify(token):
     row = find(token, ("signup", "verify"))
-    if request.method == "GET" or not PostedForm().validate_on_submit():
+    if request.method == "GET":  # (CSRFProtect has checked the POST's token)
         return render_template("auth/verify.html", row=row)
     db = get_db()
     try:
