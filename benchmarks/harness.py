@@ -287,11 +287,30 @@ class Browser:
         return next(c.value for c in self.jar if c.name == name)
 
 
-def sign_up(base: str, slug: str, email: str = "bench@example.com", password: str = "bench-password") -> Browser:
+def mailed_link(data_dir: Path, to: str) -> str:
+    """The path of the link in the newest mail to `to` in the app's outbox
+    (DATA_DIR/outbox, where mail goes without SMTP_HOST), or "" when there is none."""
+    import email
+    import email.policy
+    import re
+
+    for path in sorted((Path(data_dir) / "outbox").glob("*.eml"), reverse=True):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if message["To"] == to:
+            return urllib.parse.urlsplit(re.search(r"https?://\S+", message.get_content()).group()).path
+    return ""
+
+
+def sign_up(base: str, slug: str, data_dir: Path, email: str = "bench@example.com",
+            password: str = "bench-password") -> Browser:
+    """Sign up, and open the link the app mailed to finish it (when it verifies emails)."""
     browser = Browser(base)
     token = browser.csrf_token("/signup")
     browser.post("/signup", {"csrf_token": token, "account": "Bench", "email": email,
                              "password": password, "confirm": password})
+    link = mailed_link(data_dir, email)
+    if link:
+        browser.post(link, {"csrf_token": browser.csrf_token(link)})
     if not any(c.name == f"{slug}_session" for c in browser.jar):
         raise SystemExit("sign-up did not log in")
     return browser

@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         bind = f"127.0.0.1:{harness.free_port()}"
         with harness.Gunicorn(app_dir, config=config, data_dir=data, bind=bind, log=tmp / "app.log") as server:
             server.wait_ready()
-            browser = harness.sign_up(server.url(""), args.slug)
+            browser = harness.sign_up(server.url(""), args.slug, data)
             db = data / f"{args.slug}.db"
             conn = sqlite3.connect(db)
             account_id = conn.execute('SELECT "account_id" FROM "user"').fetchone()[0]

@@ -74,7 +74,7 @@ def main(argv=None) -> None:
                                  log=tmp / "hello.log", cpus=harness.SERVER_CPUS) as bare:
             server.wait_ready()
             bare.wait_ready("/")
-            browser = harness.sign_up(server.url(""), args.slug)
+            browser = harness.sign_up(server.url(""), args.slug, data)
             db = data / f"{args.slug}.db"
             account_id = sqlite3.connect(db).execute('SELECT "account_id" FROM "user"').fetchone()[0]
             filled = harness.fill(app_dir, db, account_id, args.records)

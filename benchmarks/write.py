@@ -155,7 +155,7 @@ def main(argv=None) -> None:
         with harness.Gunicorn(app_dir, config=config, data_dir=data, bind=bind, log=log,
                               cpus=harness.SERVER_CPUS) as server:
             server.wait_ready()
-            browser = harness.sign_up(server.url(""), args.slug)
+            browser = harness.sign_up(server.url(""), args.slug, data)
             conn = sqlite3.connect(db_path)
             account_id = conn.execute('SELECT "account_id" FROM "user"').fetchone()[0]
             conn.close()

@@ -54,7 +54,7 @@ TYPE_KEYS = {
     "choice": {"choices"},
     "ref": {"to", "on_delete"},
 }
-SPEC_KEYS = {"slug", "name", "tagline", "domain", "entities"}
+SPEC_KEYS = {"slug", "name", "tagline", "domain", "verify_email", "entities"}
 ENTITY_KEYS = {"name", "label", "plural", "title_field", "list", "search", "fields", "renamed_from"}
 
 STRING_MAX_LENGTH = 200
@@ -78,6 +78,7 @@ SYSTEM_TABLES_SHOWN = ", ".join([*RESERVED_ENTITIES, *(p + "*" for p in RESERVED
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
     "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "spec", "values", "forms",
+    "mail", "tokens",
     "security",  # tests/test_<module>.py must not replace the app's tests/test_security.py
     "templates", "static", "tests", "flask", "werkzeug", "wtforms", "flask_wtf", "click",
     "session", "request", "g", "flash", "redirect", "url_for", "abort", "render_template",
@@ -86,7 +87,7 @@ APP_MODULES = {
     "pathlib", "hashlib", "shutil", "tempfile", "logging",
 }
 # The app's own URLs, which no entity's URL may take.
-APP_URLS = {"signup", "login", "logout", "account", "healthz", "static"}
+APP_URLS = {"signup", "login", "logout", "account", "healthz", "static", "forgot", "reset", "verify"}
 # Attributes of a Flask-WTF form, which a field attribute of that name would replace, and
 # the module names the generated form class body uses (values.strip, date.fromisoformat).
 # Written out, as the generator does not depend on Flask-WTF; tests/test_spec.py compares
@@ -162,6 +163,7 @@ class Vertical:
     entities: tuple[Entity, ...]
     tagline: str = ""
     domain: str = ""
+    verify_email: bool = True  # a sign-up opens a link mailed to its address first
 
     def entity(self, name: str) -> Entity:
         return next(e for e in self.entities if e.name == name)
@@ -211,7 +213,7 @@ class Vertical:
         hour, minute = backup_time(self.slug)
         return {
             "slug": self.slug, "name": self.name, "tagline": self.tagline,
-            "domain": self.domain, "port": port,
+            "domain": self.domain, "verify_email": self.verify_email, "port": port,
             "backup_hour": hour, "backup_minute": minute, "entities": entities,
         }
 
@@ -354,6 +356,10 @@ class _Validator:
                 self.error("", f"domain {domain!r} is not a valid host name")
                 domain = ""
             domain = domain.lower()
+        verify_email = data.get("verify_email", True)
+        if not isinstance(verify_email, bool):
+            self.error("", '"verify_email" must be true or false')
+            verify_email = True
 
         raw_entities = data.get("entities")
         if raw_entities is None:
@@ -381,7 +387,7 @@ class _Validator:
         if len(self.problems) > start:
             return None
         return Vertical(slug=slug, name=name, entities=tuple(entities),
-                        tagline=tagline, domain=domain)
+                        tagline=tagline, domain=domain, verify_email=verify_email)
 
     # Entities -------------------------------------------------------------------------
 

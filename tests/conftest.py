@@ -8,7 +8,10 @@ installs an app into its own venv to prove that works too.
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -139,6 +143,17 @@ def run_app_tests(app_dir: Path) -> subprocess.CompletedProcess:
 def migrate(app_dir: Path, data_dir: Path | None = None, python=sys.executable) -> subprocess.CompletedProcess:
     return subprocess.run([python, "-m", "flask", "--app", "app", "migrate"], cwd=app_dir,
                           env=app_env(app_dir, data_dir), capture_output=True, text=True, check=True)
+
+
+def mailed_link(data_dir: Path, to: str) -> str:
+    """The path of the link in the newest mail to `to` in an app's outbox
+    (DATA_DIR/outbox/*.eml, where mail goes without SMTP_HOST): after a sign-up, the
+    "/verify/<token>" that finishes it."""
+    for path in sorted((Path(data_dir) / "outbox").glob("*.eml"), reverse=True):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        if message["To"] == to:
+            return urlsplit(re.search(r"https?://\S+", message.get_content()).group()).path
+    raise AssertionError(f"no mail to {to} in {data_dir}/outbox")
 
 
 def port_is_free(port: int) -> bool:

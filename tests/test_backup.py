@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from conftest import render_app, sample_answers, wait_for
+from conftest import mailed_link, render_app, sample_answers, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = "2024-01-31T08:30:00Z"
@@ -618,6 +618,9 @@ def test_kill_9_of_workers_loses_no_acknowledged_write(app_dir, tmp_path):
             "POST", "/signup",
             {"csrf_token": token, "account": "Acme", "email": "owner@example.com", "password": password, "confirm": password},
         )
+        assert status == 200, page
+        link = mailed_link(data_dir, "owner@example.com")
+        status, _, page = browser.request("POST", link, {"csrf_token": browser.csrf(link)})
         assert status == 302, page
         token = browser.csrf("/aging-rooms/new")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, generate, gunicorn, port_of, wait_for, wait_port_free
+from conftest import ROOT, generate, gunicorn, mailed_link, port_of, wait_for, wait_port_free
 
 pytestmark = pytest.mark.slow  # gunicorn and Chromium
 
@@ -79,7 +79,8 @@ def wait_for_listening(log: Path, proc, timeout: float = 30) -> None:
 
 @pytest.fixture
 def served_app(project):
-    """The cheesemaking app, generated and served by gunicorn; yields its base URL."""
+    """The cheesemaking app, generated and served by gunicorn; yields its base URL and
+    its DATA_DIR (where its outbox is)."""
     outcome = generate(project, [SLUG])[SLUG]
     assert outcome.status == "created", outcome.message
     app_dir = project.app_dir(SLUG)
@@ -90,7 +91,7 @@ def served_app(project):
         base = f"http://127.0.0.1:{port}"
         status, _ = wait_for(f"{base}/healthz")
         assert status == 200
-        yield base
+        yield base, app_dir / "instance"
 
 
 def expected_error(page, message) -> bool:
@@ -115,6 +116,7 @@ def browser():
 def browser_page(browser, served_app):
     """One page on the app, recording console errors, page errors, CSP violations and
     requests to any other origin."""
+    served_app, data_dir = served_app
     problems: list[str] = []
     loads: list[str] = []
     context = browser.new_context(base_url=served_app, viewport=DESKTOP, accept_downloads=True)
@@ -131,6 +133,7 @@ def browser_page(browser, served_app):
     page.problems = problems
     page.loads = loads
     page.expected_status = {}  # url -> an HTTP error status the test asks for
+    page.data_dir = data_dir
     yield page
     context.close()
 
@@ -150,7 +153,7 @@ def test_customer_flow_in_a_real_browser(browser_page):
         """The .field block holding the input: its label, the input, its error."""
         return page.locator("div.field").filter(has=page.locator(f"#{input_id}"))
 
-    # Sign up: a new account and its first user, logged in.
+    # Sign up: a new account and its first user, made by the link mailed to the address.
     response = page.goto("/")
     csp = response.headers.get("content-security-policy", "")
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp, csp
@@ -159,6 +162,9 @@ def test_customer_flow_in_a_real_browser(browser_page):
     page.get_by_label("Email").fill("owner@fromagerie.example")
     page.get_by_label("Password", exact=True).fill("correct horse battery staple")
     page.get_by_label("Confirm password").fill("correct horse battery staple")
+    page.get_by_role("button", name="Create my account").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Check your mail to finish signing up")
+    page.goto(mailed_link(page.data_dir, "owner@fromagerie.example"))
     page.get_by_role("button", name="Create my account").click()
     expect(page.locator("header.site")).to_contain_text("owner@fromagerie.example")
 

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from conftest import render_app, sample_answers
+from conftest import mailed_link, render_app, sample_answers
 from test_deploy import free_port, wait_for
 
 pytestmark = [
@@ -99,6 +99,10 @@ def test_a_full_disk_keeps_the_entry_and_says_so(template_repo, tmp_path, small_
             "account": "Acme", "email": "owner@example.com",
             "password": "a long enough password", "confirm": "a long enough password"})
         assert status == 200
+        link = mailed_link(data, "owner@example.com")
+        _, _, page = browser.open(link)
+        status, url, _ = browser.post_form(link, page, {})
+        assert status == 200 and url.endswith("/"), url
         _, _, form = browser.open("/batches/new")
         entry = {"code": "B-001", "made_on": "2024-05-01", "notes": "Washed rind, turned daily. " * 4000}
 

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import generate, gunicorn, port_of, run_app_tests, wait_for, wait_port_free, write_spec
+from conftest import generate, gunicorn, mailed_link, port_of, run_app_tests, wait_for, wait_port_free, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +106,8 @@ def test_a_browser_shows_the_texts_literally(hostile_app, project, tmp_path):
             page.fill("#password", "a long enough password")
             page.fill("#confirm", "a long enough password")
             page.click("button[type=submit]")
+            page.goto(mailed_link(hostile_app / "instance", "owner@example.com"))
+            page.click("main button[type=submit]")
             page.wait_for_url(base + "/")
             nav = page.locator("nav.top .sections a").all_inner_texts()
             assert nav == [HOSTILE]

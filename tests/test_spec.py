@@ -192,7 +192,11 @@ VERTICAL_CASES = [
      # a key after [[entities]] belongs to the entity
      ['verticals/shop.toml: entity "item": unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title_field)']),
     ('colour = "red"\n' + GOOD,
-     ['verticals/shop.toml: unknown key "colour" (allowed for a vertical: domain, entities, name, slug, tagline)']),
+     ['verticals/shop.toml: unknown key "colour" (allowed for a vertical: domain, entities, name, slug, tagline, verify_email)']),
+    (GOOD.replace('name = "Shop"', 'name = "Shop"\nverify_email = "no"'),
+     ['verticals/shop.toml: "verify_email" must be true or false']),
+    (GOOD.replace('name = "Shop"', 'name = "Shop"\nverify_emails = false'),
+     ['verticals/shop.toml: unknown key "verify_emails" (allowed for a vertical: domain, entities, name, slug, tagline, verify_email)']),
     (GOOD.replace('name = "Shop"', 'name = "Shop"\ndomain = "not a host"'),
      ["verticals/shop.toml: domain 'not a host' is not a valid host name"]),
     (GOOD + '\n[[entities]]\nname = "item"\nfields = [{ name = "x", type = "text" }]\n',
@@ -202,7 +206,7 @@ VERTICAL_CASES = [
     (GOOD + '\n[[entities]]\nname = "empty"\n',
      ['verticals/shop.toml: entity "empty": at least one field is required']),
     (GOOD + '\n[[entities]]\nname = "login"\nplural = "login"\nfields = [{ name = "x", type = "text" }]\n',
-     ['verticals/shop.toml: entity "login": its URL /login/ is one of the app\'s own (account, healthz, login, logout, signup, static): set another "plural"']),
+     ['verticals/shop.toml: entity "login": its URL /login/ is one of the app\'s own (account, forgot, healthz, login, logout, reset, signup, static, verify): set another "plural"']),
     (GOOD + '\n[[entities]]\nname = "items"\nplural = "items"\nfields = [{ name = "x", type = "text" }]\n',
      ['verticals/shop.toml: entity "items": its URL /items/ is also entity "item"\'s: give one of them another "plural"']),
     (GOOD + '\n[[entities]]\nname = "node"\nfields = [{ name = "parent", type = "ref", to = "node", required = true }]\n',
@@ -273,6 +277,14 @@ def test_examples_are_valid():
     for v in verticals:
         assert 3 <= len(v.entities) <= 6
         assert any(f.type == "ref" for e in v.entities for f in e.fields)
+
+
+def test_verify_email_is_on_unless_the_spec_turns_it_off(tmp_path):
+    write(tmp_path, GOOD)
+    write(tmp_path, GOOD.replace('slug = "shop"', 'slug = "open"\nverify_email = false'), "open")
+    verticals, problems = spec.load_verticals(tmp_path / "verticals", tmp_path)
+    assert problems == []
+    assert {v.slug: v.answers(8100)["verify_email"] for v in verticals} == {"shop": True, "open": False}
 
 
 def test_normalization(tmp_path):

@@ -1,6 +1,7 @@
 """Accounts: sign up, log in, log out, change password; who is logged in (g.user).
+(The links the app mails, to finish a sign-up or reset a password, are in tokens.py.)
 
-A customer account ("account") has users ("user"); signing up creates both. Passwords
+A customer account ("account") has users ("user"); a sign-up creates both. Passwords
 are hashed with scrypt. Each login is a row of "app_session" whose random id the signed
 session cookie carries: logging out deletes the row, so even a copy of the cookie stops
 working, and changing the password deletes the user's other sessions. Failed logins are
@@ -22,8 +23,8 @@ Login limits, and the threat each answers (windows of LOGIN_WINDOW_SECONDS):
   browser that succeeded (its device's), never those made by others at that address
   or email, so the guesser gets no fresh tries from the owner's login.
 What is left: a new browser on an address where someone guessed at the same email
-waits out the window (a password reset by email is the way out once the app sends
-mail).
+waits out the window, or resets the password by email (/forgot, in tokens.py): the
+reset logs that browser in and makes it a known device.
 """
 
 import functools
@@ -80,6 +81,15 @@ class PasswordForm(PostedForm):
     )
 
 
+class ForgotForm(PostedForm):
+    email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
+
+
+class ResetForm(PostedForm):
+    password = PasswordForm.password
+    confirm = PasswordForm.confirm
+
+
 def normal_email(email):
     """The one spelling an email is stored and looked up in: lower-case, and Unicode's
     compatibility forms folded (NFKC), so "Ann@ﬀ.example" is "ann@ff.example"."""
@@ -128,14 +138,15 @@ def safe_next(target):
 
 @bp.before_app_request
 def load_logged_in_user():
-    """Set g.user (id, email, account_id, account_name) from the session, or None."""
+    """Set g.user (id, email, account_id, email_verified_at, account_name) from the
+    session, or None."""
     g.user = None
     session_id = session.get("session_id")
     if session_id is None:
         return
     user = get_db().execute(
         'SELECT "user"."id", "user"."email", "user"."account_id", "user"."password_hash",'
-        ' "account"."name" AS "account_name"'
+        ' "user"."email_verified_at", "account"."name" AS "account_name"'
         ' FROM "app_session"'
         ' JOIN "user" ON "user"."id" = "app_session"."user_id"'
         ' JOIN "account" ON "account"."id" = "user"."account_id"'
@@ -189,6 +200,13 @@ def login_required(view):
 
 @bp.route("/signup", methods=("GET", "POST"))
 def signup():
+    """Sign up. With VERIFY_EMAIL (the default) no account is made here: every sign-up,
+    whether or not the address has an account, answers "check your mail", and the link
+    mailed to the address makes the account (tokens.py). Without it, a new address gets
+    its account at once, logged in; a known one still gets "check your mail" (and its
+    owner a notice), which a caller can tell from the logged-in answer."""
+    from . import tokens  # (which imports this module: so here, not at the top)
+
     if g.user is not None:
         return redirect(url_for("main.index"))
     form = SignupForm()
@@ -201,27 +219,41 @@ def signup():
             return too_many(
                 "auth/signup.html", window, "Too many sign-ups from your address.", form=form
             )
-        record("app_signup", window, address=address)
         email = normal_email(form.email.data)
+        limited = tokens.mail_limit(email, address)
+        if limited is not None:
+            return too_many("auth/signup.html", *limited, form=form)
+        record("app_signup", window, address=address)
         password_hash = hash_password(form.password.data)
-        db = get_db()
-        try:
-            with db:  # one transaction: account and user together, or neither
-                account_id = db.execute(
-                    'INSERT INTO "account" ("name") VALUES (?)', (form.account.data.strip(),)
-                ).lastrowid
-                user_id = db.execute(
-                    'INSERT INTO "user" ("account_id", "email", "password_hash") VALUES (?, ?, ?)',
-                    (account_id, email, password_hash),
-                ).lastrowid
-        except sqlite3.IntegrityError:
-            form.email.errors.append("An account with this email already exists. Log in instead?")
-        else:
-            start_session(user_id)
-            remember_address(user_id, address)
-            flash("Welcome! Your account is ready.", "success")
-            return remember_device(redirect(url_for("main.index")), user_id)
+        account_name = form.account.data.strip()
+        existing = user_by_email(email, form.email.data)
+        if existing is None and not current_app.config["VERIFY_EMAIL"]:
+            db = get_db()
+            try:
+                with db:  # one transaction: account and user together, or neither
+                    account_id = db.execute('INSERT INTO "account" ("name") VALUES (?)', (account_name,)).lastrowid
+                    user_id = db.execute(
+                        'INSERT INTO "user" ("account_id", "email", "password_hash", "email_verified_at")'
+                        " VALUES (?, ?, ?, NULL)",
+                        (account_id, email, password_hash),
+                    ).lastrowid
+            except sqlite3.IntegrityError:  # signed up a moment ago, in another request
+                existing = user_by_email(email, form.email.data)
+            else:
+                start_session(user_id)
+                remember_address(user_id, address)
+                flash("Welcome! Your account is ready.", "success")
+                return remember_device(redirect(url_for("main.index")), user_id)
+        return tokens.start_signup(email, account_name, password_hash, existing)
     return render_template("auth/signup.html", form=form)
+
+
+def user_by_email(email, typed):
+    """The user (id, email, password_hash) with this normalized email, or None.
+    Accounts made before emails were NFKC-folded may hold the `typed` spelling."""
+    db = get_db()
+    query = 'SELECT "id", "email", "password_hash" FROM "user" WHERE "email" = ?'
+    return db.execute(query, (email,)).fetchone() or db.execute(query, (typed.strip().lower(),)).fetchone()
 
 
 def recent(table, window, **values):
@@ -386,14 +418,7 @@ def login():
     if form.validate_on_submit():
         email = normal_email(form.email.data)
         address = request.remote_addr or "unknown"  # the client's, thanks to ProxyFix
-        db = get_db()
-        # Accounts made before emails were NFKC-folded may hold the typed spelling.
-        typed = form.email.data.strip().lower()
-        user = db.execute(
-            'SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (email,)
-        ).fetchone() or db.execute(
-            'SELECT "id", "password_hash" FROM "user" WHERE "email" = ?', (typed,)
-        ).fetchone()
+        user = user_by_email(email, form.email.data)
         user_id = user["id"] if user is not None else None
         source = login_source(user_id, address)
         if is_throttled(email, source, user_id):

@@ -1,5 +1,5 @@
 -- The app's own tables: customer accounts, their users, their sessions, failed logins,
--- signups.
+-- signups, the links the app mails and the mails asked for.
 -- The entity tables, generated from the spec, are in schema.sql.
 -- Times are ISO 8601 UTC text, e.g. 2024-01-31T08:30:00Z.
 
@@ -14,7 +14,12 @@ CREATE TABLE IF NOT EXISTS "user" (
     "account_id" INTEGER NOT NULL REFERENCES "account"("id") ON DELETE CASCADE,
     "email" TEXT NOT NULL UNIQUE,  -- stored lower-case
     "password_hash" TEXT NOT NULL,
-    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    -- When the user showed they read mail at this address (opened a link the app
+    -- mailed there); NULL: not yet. The default is for the users of a database made
+    -- before the app verified addresses: `migrate` fills it in for them, so they count
+    -- as verified. The app itself always writes the column.
+    "email_verified_at" TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
 );
 
 CREATE INDEX IF NOT EXISTS "user_account_id" ON "user" ("account_id");
@@ -62,3 +67,33 @@ CREATE TABLE IF NOT EXISTS "app_known_address" (
     "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
     PRIMARY KEY ("user_id", "address")
 ) WITHOUT ROWID;
+
+-- The single-use links the app mails (app/tokens.py): to finish a sign-up, to verify an
+-- address, to reset a password. Only the SHA-256 of a token is stored (hex): the token
+-- itself is only in the mail. Rows are kept a week past their expiry, so that an old
+-- link still gets a page saying it was used or has expired, then pruned.
+CREATE TABLE IF NOT EXISTS "app_token" (
+    "hash" TEXT PRIMARY KEY,
+    "purpose" TEXT NOT NULL CHECK ("purpose" IN ('signup', 'verify', 'reset')),
+    "email" TEXT NOT NULL,  -- where the link was mailed
+    "user_id" INTEGER REFERENCES "user"("id") ON DELETE CASCADE,  -- verify, reset
+    "account_name" TEXT,  -- signup: the account to create
+    "password_hash" TEXT,  -- signup: the password chosen
+    "expires_at" TEXT NOT NULL,
+    "used_at" TEXT,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS "app_token_user_id" ON "app_token" ("user_id");
+
+-- One row per mail sent because someone asked (a sign-up, a reset, a resent link), to
+-- limit them per recipient and per client address. Old rows are pruned.
+CREATE TABLE IF NOT EXISTS "app_mail_request" (
+    "id" INTEGER PRIMARY KEY,
+    "email" TEXT NOT NULL,
+    "address" TEXT NOT NULL,
+    "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS "app_mail_request_email" ON "app_mail_request" ("email", "created_at");
+CREATE INDEX IF NOT EXISTS "app_mail_request_address" ON "app_mail_request" ("address", "created_at");

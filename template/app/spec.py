@@ -17,6 +17,8 @@ _SPEC = json.loads(Path(__file__).with_name("spec.json").read_text(encoding="utf
 SLUG = _SPEC["slug"]
 NAME = _SPEC["name"]
 TAGLINE = _SPEC["tagline"]
+# Whether a sign-up must open a link mailed to its address (the spec's verify_email).
+VERIFY_EMAIL = _SPEC["verify_email"]
 
 # The entities by name, in the spec's order; each with its fields by name, in order:
 # ENTITIES["batch"]["label"], ENTITIES["batch"]["fields"]["made_on"]["label"].

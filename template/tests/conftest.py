@@ -7,11 +7,21 @@
     def test_two_accounts(client, auth, other_client):
         auth.signup()              # client: owner@example.com, account "Acme"
         other_client.get("/")      # another client, logged in to account "Other Co"
+
+Mail goes to the outbox (DATA_DIR/outbox) in tests: `mails(app)` reads it.
 """
+
+import email
+import email.policy
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from app import create_app
+from app.auth import normal_email
+from app.db import get_db
 
 PASSWORD = "correct horse battery"
 
@@ -43,16 +53,56 @@ def runner(app):
     return app.test_cli_runner()
 
 
+def mails(app, to=None):
+    """The mails in the app's outbox, oldest first (each an EmailMessage); only those
+    to `to` when given."""
+    found = [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in sorted(Path(app.config["DATA_DIR"], "outbox").glob("*.eml"))
+    ]
+    return [m for m in found if to is None or m["To"] == to]
+
+
+def link_in(message):
+    """The path of the first link in a mail ("/verify/..."), or None."""
+    found = re.search(r"https?://\S+", message.get_content())
+    return urlsplit(found.group()).path if found else None
+
+
+def forget_mail_requests(app):
+    """As if an hour had passed since the last mail asked for: its limits start again."""
+    with app.app_context():
+        db = get_db()
+        with db:
+            db.execute('DELETE FROM "app_mail_request"')
+
+
 class AuthActions:
     """Sign up, log in and log out through the real forms, on one test client."""
 
     def __init__(self, client):
         self.client = client
 
-    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme", **kwargs):
-        return self.client.post(
-            "/signup", data={"account": account, "email": email, "password": password, "confirm": password}, **kwargs
-        )
+    def signup(self, email="owner@example.com", password=PASSWORD, account="Acme", csrf_token=None, **kwargs):
+        """Sign up and, when the app mailed a link to finish, open it: the last response
+        (a redirect to the dashboard, logged in, when it worked)."""
+        to = normal_email(email)
+        before = len(mails(self.client.application, to))
+        data = {"account": account, "email": email, "password": password, "confirm": password}
+        if csrf_token is not None:
+            data["csrf_token"] = csrf_token
+        response = self.client.post("/signup", data=data, **kwargs)
+        sent = mails(self.client.application, to)[before:]
+        if not sent or sent[-1]["Subject"] != "Finish signing up":
+            return response  # refused, or the address has an account (its owner was told)
+        return self.open_link(link_in(sent[-1]), **kwargs)
+
+    def open_link(self, path, **kwargs):
+        """Open a link from a mail and press its page's button (with the page's CSRF
+        token, for the tests that turn CSRF on)."""
+        page = self.client.get(path, **kwargs).get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        return self.client.post(path, data={"csrf_token": token.group(1)} if token else {}, **kwargs)
 
     def login(self, email="owner@example.com", password=PASSWORD, **kwargs):
         return self.client.post("/login", data={"email": email, "password": password}, **kwargs)
