@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from generator import cli, status
 
-from conftest import EXAMPLES, example_answers, render_app
+from conftest import EXAMPLES, example_answers, mailed_link, render_app
 from test_backup import Browser
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow, pytest.mark.xdist_group("systemd")]
@@ -83,12 +83,17 @@ def browser(host, slug: str) -> Browser:
     return Browser(80, address=host.address, host=site_name(slug), timeout=60)
 
 
-def sign_up(b: Browser) -> None:
+def sign_up(host, slug: str) -> None:
+    """Sign up, then open the link the app mailed (to its outbox in /var/lib/<slug>)."""
+    b = browser(host, slug)
     token = b.csrf("/signup")
     status, _, page = b.request("POST", "/signup", {
         "csrf_token": token, "account": "Acme", "email": "owner@example.com",
         "password": PASSWORD, "confirm": PASSWORD,
     })
+    assert status == 200, page
+    link = mailed_link(host.root / f"var/lib/{slug}", "owner@example.com")
+    status, _, page = b.request("POST", link, {"csrf_token": b.csrf(link)})
     assert status == 302, page
 
 
@@ -114,7 +119,7 @@ def fleet(systemd_host, template_repo, tmp_path_factory):
     status, output = install_and_activate(template_repo, out, systemd_host, EXAMPLES)
     assert status == 0, output
     for slug in EXAMPLES:  # an account each: data the later tests keep, through a reboot too
-        sign_up(browser(systemd_host, slug))
+        sign_up(systemd_host, slug)
     return out
 
 
