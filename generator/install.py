@@ -209,6 +209,19 @@ def settings_file(slug: str) -> bytes:
 #
 # Sign sessions with this key instead of the one kept in /var/lib/{slug}/secret_key.
 #SECRET_KEY=
+#
+# The app's own address, for the links in its mails (else the request's host).
+#BASE_URL=https://{slug}.example.com
+#
+# Outgoing mail; without SMTP_HOST, mails go to /var/lib/{slug}/outbox/*.eml.
+# (The service has no network of its own: a relay on this host needs
+#  `systemctl edit {slug}.service` with PrivateNetwork=no and RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6.)
+#SMTP_HOST=
+#SMTP_PORT=587
+#SMTP_STARTTLS=1
+#SMTP_USER=
+#SMTP_PASSWORD=
+#MAIL_FROM=
 """.encode()
 
 
