@@ -24,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import harness, synthetic
@@ -152,19 +153,22 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def one_vertical(tmp: Path, host, slug: str = "cheesemaking") -> None:
-    root = harness.clone_project(harness.source_repo(), tmp / "vgen")
-    harness.vgen(root, "generate", slug, "--out", str(tmp / "apps"))
-    out = harness.vgen(root, "install", slug, "--root", str(host.root), "--out", str(tmp / "apps")).stdout
-    activate(host, out)
+@contextmanager
+def vertical_beside_hello(slug: str = "cheesemaking", hello_port: int = 8999):
+    """A booted container with one vertical installed the founder's way and the bare
+    Flask app beside it under the same socket activation; yields the host."""
+    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
+        host, tmp = fleet.hosts[0], Path(tmp)
+        root = harness.clone_project(harness.source_repo(), tmp / "vgen")
+        harness.vgen(root, "generate", slug, "--out", str(tmp / "apps"))
+        activate(host, harness.vgen(root, "install", slug, "--root", str(host.root), "--out", str(tmp / "apps")).stdout)
+        add_hello(host, slug, hello_port)
+        yield host
 
 
 def coldstart(args) -> None:
     harness.header("scripts/bench coldstart")
-    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
-        host = fleet.hosts[0]
-        one_vertical(Path(tmp), host)
-        add_hello(host, "cheesemaking", 8999)
+    with vertical_beside_hello() as host:
         targets = [["cheesemaking.service", port_of(host, "cheesemaking"), "/login"],
                    ["hello.service", 8999, "/"]]
         times = inside(host, COLD, json.dumps(targets), str(args.rounds))
@@ -179,10 +183,7 @@ def coldstart(args) -> None:
 
 def reload(args) -> None:
     harness.header("scripts/bench reload")
-    with tempfile.TemporaryDirectory(prefix="vgen-bench-") as tmp, hosts.boot_hosts(1, Path(tmp)) as fleet:
-        host = fleet.hosts[0]
-        one_vertical(Path(tmp), host)
-        add_hello(host, "cheesemaking", 8999)
+    with vertical_beside_hello() as host:
         app = inside(host, RELOAD, "cheesemaking.service", str(port_of(host, "cheesemaking")), "/login",
                      str(args.rounds))
         hello = inside(host, RELOAD, "hello.service", "8999", "/", str(args.rounds))

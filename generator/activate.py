@@ -103,9 +103,7 @@ def main(argv: list[str]) -> int:
 def attempt(slug: str, release: str) -> str:
     try:
         return activate(slug, release)
-    except Failed as e:
-        return f"{slug}: FAILED: {e}"
-    except OSError as e:
+    except (Failed, OSError) as e:
         return f"{slug}: FAILED: {e}"
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,8 +211,9 @@ def run(project: Project, staged: list[Staged], inventory: Path, playbook: Path,
     """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
     for s in staged:
         (project.root / BUILD / s.host.name / "activated.txt").unlink(missing_ok=True)
-    ansible = shutil.which("ansible-playbook") or str(Path(os.sys.executable).with_name("ansible-playbook"))
-    if not Path(ansible).exists() and not shutil.which("ansible-playbook"):
+    # ansible-core installs ansible-playbook beside vgen's own Python, which may not be on PATH.
+    ansible = shutil.which("ansible-playbook") or shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
+    if ansible is None:
         raise VgenError("vgen deploy runs ansible-playbook, which is not installed: pip install 'vgen[deploy]' "
                         "(or ansible-core)")
     command = [ansible, "-i", str(inventory), str(playbook)]
@@ -249,7 +250,3 @@ def _said(path: Path) -> dict[str, str]:
         if sep and slug and " " not in slug:
             said[slug] = rest
     return said
-
-
-def to_json(outcomes: list[Outcome]) -> str:
-    return json.dumps([o.__dict__ for o in outcomes], indent=2)
