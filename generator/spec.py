@@ -78,7 +78,7 @@ SYSTEM_TABLES_SHOWN = ", ".join([*RESERVED_ENTITIES, *(p + "*" for p in RESERVED
 # the names its modules import (an entity module called "session" would hide Flask's).
 APP_MODULES = {
     "app", "auth", "backup", "custom", "db", "main", "migrate", "schema", "spec", "values", "forms",
-    "mail", "tokens",
+    "mail", "tokens", "pages", "audit", "imports", "team", "settings",
     "security",  # tests/test_<module>.py must not replace the app's tests/test_security.py
     "templates", "static", "tests", "flask", "werkzeug", "wtforms", "flask_wtf", "click",
     "session", "request", "g", "flash", "redirect", "url_for", "abort", "render_template",
@@ -87,7 +87,8 @@ APP_MODULES = {
     "pathlib", "hashlib", "shutil", "tempfile", "logging",
 }
 # The app's own URLs, which no entity's URL may take.
-APP_URLS = {"signup", "login", "logout", "account", "healthz", "static", "forgot", "reset", "verify"}
+APP_URLS = {"signup", "login", "logout", "account", "healthz", "static", "forgot", "reset", "verify", "team",
+            "invite", "activity", "settings"}
 # Attributes of a Flask-WTF form, which a field attribute of that name would replace, and
 # the module names the generated form class body uses (values.strip, date.fromisoformat).
 # Written out, as the generator does not depend on Flask-WTF; tests/test_spec.py compares

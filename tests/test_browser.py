@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -330,3 +331,108 @@ def test_customer_flow_in_a_real_browser(browser_page):
     expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
 
     assert page.problems == [], "\n".join(page.problems)
+
+
+@pytest.mark.xdist_group("example-ports")
+def test_team_history_reset_and_import_in_a_real_browser(browser, browser_page):
+    """An owner invites an editor, who joins in a second browser and adds a batch; the
+    owner sees it in the batch's history. The editor then resets their password through
+    the mailed link, and the owner imports batches from a CSV file after its preview."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    nav = page.get_by_role("navigation", name="Main")
+
+    def sign_up(page, email):
+        page.goto("/signup")
+        page.get_by_label("Account name").fill("Fromagerie Test")
+        page.get_by_label("Email").fill(email)
+        page.get_by_label("Password", exact=True).fill("correct horse battery staple")
+        page.get_by_label("Confirm password").fill("correct horse battery staple")
+        page.get_by_role("button", name="Create my account").click()
+        page.goto(mailed_link(page.data_dir, email))
+        page.get_by_role("button", name="Create my account").click()
+        expect(page.locator("header.site")).to_contain_text(email)
+
+    sign_up(page, "owner@fromagerie.example")
+    nav.get_by_role("link", name="Aging rooms").click()
+    page.get_by_role("link", name="New aging room").click()
+    page.get_by_label("Name").fill("Cave A")
+    page.get_by_role("button", name="Save").click()
+
+    # The owner invites an editor.
+    nav.get_by_role("link", name="Team").click()
+    page.get_by_label("Email").fill("editor@fromagerie.example")
+    page.get_by_label("Role", exact=True).select_option("editor")
+    page.get_by_role("button", name="Send invitation").click()
+    expect(page.locator("p.flash")).to_contain_text("Invitation sent to editor@fromagerie.example")
+    page.screenshot(path=ARTIFACTS / "team.png", full_page=True)
+
+    # The editor accepts in a browser of their own, and adds a batch.
+    context = browser.new_context(base_url=page.url.split("/team")[0], viewport=DESKTOP)
+    context.set_default_timeout(10_000)
+    editor = context.new_page()
+    problems = []
+    editor.on("console", lambda m: m.type == "error" and problems.append(f"editor console: {m.text}"))
+    editor.on("pageerror", lambda e: problems.append(f"editor page error: {e}"))
+    editor.goto(mailed_link(page.data_dir, "editor@fromagerie.example"))
+    expect(editor.get_by_role("heading", level=1)).to_have_text("Join Fromagerie Test")
+    editor.get_by_label("Password", exact=True).fill("another long passphrase here")
+    editor.get_by_label("Confirm password").fill("another long passphrase here")
+    editor.get_by_role("button", name="Join Fromagerie Test").click()
+    expect(editor.locator("p.flash")).to_contain_text("Welcome to Fromagerie Test")
+    editor.goto("/batches/new")
+    editor.get_by_label("Code").fill("E-100")
+    editor.get_by_label("Made on").fill("2024-07-01")
+    editor.get_by_label("Style").select_option("brie")
+    editor.get_by_label("Room").select_option(label="Cave A")
+    editor.get_by_role("button", name="Save").click()
+    expect(editor.locator("p.flash")).to_contain_text("Batch added.")
+
+    # The owner sees who added it, in the batch's history and the account's activity.
+    nav.get_by_role("link", name="Batches").click()
+    page.get_by_role("link", name="E-100").click()
+    history = page.get_by_role("region", name="History")
+    expect(history).to_contain_text("editor@fromagerie.example added")
+    expect(history).to_contain_text("Code: E-100")
+    page.goto("/activity")
+    expect(page.locator("ol.history")).to_contain_text("editor@fromagerie.example joined")
+
+    # The editor forgets their password and resets it through the mail (a minute after
+    # the invitation: the app mails an address at most once a minute).
+    with sqlite3.connect(page.data_dir / f"{SLUG}.db") as db:
+        db.execute('DELETE FROM "app_mail_request"')
+    editor.context.clear_cookies()
+    editor.goto("/forgot")
+    editor.get_by_label("Email").fill("editor@fromagerie.example")
+    editor.get_by_role("button", name="Mail me a link").click()
+    expect(editor.get_by_role("heading", level=1)).to_have_text("Check your mail")
+    editor.goto(mailed_link(page.data_dir, "editor@fromagerie.example"))
+    editor.get_by_label("New password", exact=True).fill("a brand new passphrase")
+    editor.get_by_label("Confirm new password").fill("a brand new passphrase")
+    editor.get_by_role("button", name="Set my password").click()
+    expect(editor.locator("p.flash")).to_contain_text("Your password has been changed")
+    context.close()
+
+    # The owner imports two batches: a preview first, then the import.
+    csv_file = ARTIFACTS / "batches-import.csv"
+    ARTIFACTS.mkdir(exist_ok=True)
+    csv_file.write_text("Code,Made on,Style,Room title\nI-1,2024-08-01,blue,Cave A\nI-2,2024-08-02,=tomme,\n")
+    page.goto("/batches/")
+    page.get_by_role("link", name="Import CSV").click()
+    page.get_by_label("CSV file").set_input_files(str(csv_file))
+    page.expected_status[page.url] = 400
+    page.get_by_role("button", name="Check the file").click()
+    expect(page.get_by_role("alert")).to_contain_text("1 of 2 rows cannot be imported")
+    expect(page.get_by_role("alert")).to_contain_text("Line 3: Style")
+    csv_file.write_text("Code,Made on,Style,Room title\nI-1,2024-08-01,blue,Cave A\nI-2,2024-08-02,Feta,\n")
+    page.get_by_role("link", name="Choose another file").first.click()
+    page.get_by_label("CSV file").set_input_files(str(csv_file))
+    page.get_by_role("button", name="Check the file").click()
+    expect(page.locator("main")).to_contain_text("All 2 rows can be imported")
+    page.screenshot(path=ARTIFACTS / "import-preview.png", full_page=True)
+    page.get_by_role("button", name="Import 2 batches").click()
+    expect(page.locator("p.flash")).to_contain_text("2 batches imported.")
+    expect(page.locator("#batch-records tbody tr")).to_have_count(3)
+
+    assert page.problems + problems == [], "\n".join(page.problems + problems)

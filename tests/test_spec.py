@@ -206,7 +206,7 @@ VERTICAL_CASES = [
     (GOOD + '\n[[entities]]\nname = "empty"\n',
      ['verticals/shop.toml: entity "empty": at least one field is required']),
     (GOOD + '\n[[entities]]\nname = "login"\nplural = "login"\nfields = [{ name = "x", type = "text" }]\n',
-     ['verticals/shop.toml: entity "login": its URL /login/ is one of the app\'s own (account, forgot, healthz, login, logout, reset, signup, static, verify): set another "plural"']),
+     ['verticals/shop.toml: entity "login": its URL /login/ is one of the app\'s own (account, activity, forgot, healthz, invite, login, logout, reset, settings, signup, static, team, verify): set another "plural"']),
     (GOOD + '\n[[entities]]\nname = "items"\nplural = "items"\nfields = [{ name = "x", type = "text" }]\n',
      ['verticals/shop.toml: entity "items": its URL /items/ is also entity "item"\'s: give one of them another "plural"']),
     (GOOD + '\n[[entities]]\nname = "node"\nfields = [{ name = "parent", type = "ref", to = "node", required = true }]\n',

@@ -1,7 +1,12 @@
-"""Accounts: sign up, log in, log out, change password; who is logged in (g.user).
-(The links the app mails, to finish a sign-up or reset a password, are in tokens.py.)
+"""Accounts: sign up, log in, log out, change password; who is logged in (g.user) and
+what their role lets them do. (The links the app mails, to finish a sign-up or reset a
+password, are in tokens.py; teams and invitations in team.py.)
 
-A customer account ("account") has users ("user"); a sign-up creates both. Passwords
+A customer account ("account") has users ("user"), its team; a sign-up creates both,
+the user as the account's owner. Roles: an owner may do everything, an editor may add,
+change, delete and import records, a viewer may only read them. Every view says who may
+use it: login_required (any member), editor_required or owner_required; a member whose
+role does not allow a view gets 403, whatever the method. Passwords
 are hashed with scrypt. Each login is a row of "app_session" whose random id the signed
 session cookie carries: logging out deletes the row, so even a copy of the cookie stops
 working, and changing the password deletes the user's other sessions. Failed logins are
@@ -34,12 +39,13 @@ import unicodedata
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 from wtforms import EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length
+from wtforms.validators import DataRequired, Email, EqualTo, InputRequired, Length, ValidationError
 
+from . import audit, spec
 from .db import get_db
 from .values import PostedForm, plain_text, strip
 
@@ -49,6 +55,28 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 200
 
 
+def strong_password(form, field):
+    """Refuse a password that is easy to guess: common ones, keyboard walks, dates, the
+    user's own email or the app's name. zxcvbn (Dropbox's estimator) scores 0 to 4; below
+    2 means under about a million guesses. Imported on first use: it takes ~15 MB, which
+    only the workers that check a new password pay."""
+    import zxcvbn
+
+    hints = [spec.NAME, spec.SLUG]
+    for name in ("email", "account"):
+        if name in form and form[name].data:
+            hints.append(str(form[name].data))
+    if g.get("user") is not None:
+        hints.append(g.user["email"])
+    result = zxcvbn.zxcvbn(field.data[:100], user_inputs=hints)
+    if result["score"] < 2:
+        warning = result["feedback"]["warning"] or "This password is easy to guess."
+        raise ValidationError(f"{warning} Choose a longer one: a few unrelated words work well.")
+
+
+PASSWORD_RULES = f"At least {PASSWORD_MIN} characters, not easy to guess. A few words you will remember make a good one."
+
+
 # Emails and the account name are stripped of surrounding spaces before validation, so
 # " ann@example.com " is Ann's address and "   " is no account name (DataRequired).
 class SignupForm(PostedForm):
@@ -56,8 +84,8 @@ class SignupForm(PostedForm):
     email = EmailField("Email", filters=[strip], validators=[InputRequired(), Email(), Length(max=254)])
     password = PasswordField(
         "Password",
-        description=f"At least {PASSWORD_MIN} characters. A few words you will remember make a good one.",
-        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+        description=PASSWORD_RULES,
+        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX), strong_password],
     )
     confirm = PasswordField(
         "Confirm password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
@@ -73,8 +101,8 @@ class PasswordForm(PostedForm):
     current_password = PasswordField("Current password", validators=[InputRequired(), Length(max=PASSWORD_MAX)])
     password = PasswordField(
         "New password",
-        description=f"At least {PASSWORD_MIN} characters.",
-        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX)],
+        description=PASSWORD_RULES,
+        validators=[InputRequired(), Length(min=PASSWORD_MIN, max=PASSWORD_MAX), strong_password],
     )
     confirm = PasswordField(
         "Confirm new password", validators=[InputRequired(), EqualTo("password", message="The passwords do not match.")]
@@ -138,14 +166,14 @@ def safe_next(target):
 
 @bp.before_app_request
 def load_logged_in_user():
-    """Set g.user (id, email, account_id, email_verified_at, account_name) from the
-    session, or None."""
+    """Set g.user (id, email, account_id, role, email_verified_at, account_name) from
+    the session, or None."""
     g.user = None
     session_id = session.get("session_id")
     if session_id is None:
         return
     user = get_db().execute(
-        'SELECT "user"."id", "user"."email", "user"."account_id", "user"."password_hash",'
+        'SELECT "user"."id", "user"."email", "user"."account_id", "user"."password_hash", "user"."role",'
         ' "user"."email_verified_at", "account"."name" AS "account_name"'
         ' FROM "app_session"'
         ' JOIN "user" ON "user"."id" = "app_session"."user_id"'
@@ -198,6 +226,42 @@ def login_required(view):
     return wrapped_view
 
 
+def role_required(*roles):
+    """login_required, and 403 for a member whose role is not one of `roles`."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped_view(**kwargs):
+            if g.user["role"] not in roles:
+                abort(403, f"As {g.user['role']} of this account you may not do this. Ask an owner of the account.")
+            return view(**kwargs)
+
+        return login_required(wrapped_view)
+
+    return decorator
+
+
+editor_required = role_required("owner", "editor")
+owner_required = role_required("owner")
+
+
+def may_edit():
+    """Whether the logged-in user may change records (pages hide what they may not do)."""
+    return g.user is not None and g.user["role"] in ("owner", "editor")
+
+
+def create_account(db, account_name, email, password_hash, verified_at):
+    """A new account with its owner, within the caller's transaction; the owner's id."""
+    account_id = db.execute('INSERT INTO "account" ("name") VALUES (?)', (account_name,)).lastrowid
+    user_id = db.execute(
+        'INSERT INTO "user" ("account_id", "email", "password_hash", "email_verified_at", "role")'
+        " VALUES (?, ?, ?, ?, 'owner')",
+        (account_id, email, password_hash, verified_at),
+    ).lastrowid
+    audit.record(db, "signup", account_id=account_id, actor=email)
+    return user_id
+
+
 @bp.route("/signup", methods=("GET", "POST"))
 def signup():
     """Sign up. With VERIFY_EMAIL (the default) no account is made here: every sign-up,
@@ -231,12 +295,7 @@ def signup():
             db = get_db()
             try:
                 with db:  # one transaction: account and user together, or neither
-                    account_id = db.execute('INSERT INTO "account" ("name") VALUES (?)', (account_name,)).lastrowid
-                    user_id = db.execute(
-                        'INSERT INTO "user" ("account_id", "email", "password_hash", "email_verified_at")'
-                        " VALUES (?, ?, ?, NULL)",
-                        (account_id, email, password_hash),
-                    ).lastrowid
+                    user_id = create_account(db, account_name, email, password_hash, None)
             except sqlite3.IntegrityError:  # signed up a moment ago, in another request
                 existing = user_by_email(email, form.email.data)
             else:
@@ -249,10 +308,10 @@ def signup():
 
 
 def user_by_email(email, typed):
-    """The user (id, email, password_hash) with this normalized email, or None.
-    Accounts made before emails were NFKC-folded may hold the `typed` spelling."""
+    """The user (id, email, password_hash, account_id) with this normalized email, or
+    None. Accounts made before emails were NFKC-folded may hold the `typed` spelling."""
     db = get_db()
-    query = 'SELECT "id", "email", "password_hash" FROM "user" WHERE "email" = ?'
+    query = 'SELECT "id", "email", "password_hash", "account_id" FROM "user" WHERE "email" = ?'
     return db.execute(query, (email,)).fetchone() or db.execute(query, (typed.strip().lower(),)).fetchone()
 
 
@@ -341,8 +400,19 @@ def login_source(user_id, address):
     return address
 
 
-def record_failure(email, source):
+def record_failure(email, source, user=None):
+    """Count a failed login; in the audit trail of the user's account when the email
+    is a user's."""
     record("login_attempt", current_app.config["LOGIN_WINDOW_SECONDS"], email=email, address=source)
+    if user is not None:
+        log(user, "login_failed")
+
+
+def log(user, action):
+    """An event of `user` (a row with id, email, account_id) in their account's trail."""
+    db = get_db()
+    with db:
+        audit.record(db, action, "user", user["id"], account_id=user["account_id"], actor=user["email"])
 
 
 def is_throttled(email, source, user_id=None):
@@ -427,8 +497,9 @@ def login():
             forget_failures(email, source)
             start_session(user_id)
             remember_address(user_id, address)
+            log(user, "login")
             return remember_device(redirect(next_url or url_for("main.index")), user_id)
-        record_failure(email, source)
+        record_failure(email, source, user)
         form.password.errors.append("Wrong email or password.")
     return render_template("auth/login.html", form=form, next=next_url)
 
@@ -457,7 +528,7 @@ def change_password():
         if is_throttled(email, source, g.user["id"]):
             return too_many_failures("auth/password.html", form=form)
         if not check_password_hash(g.user["password_hash"], form.current_password.data):
-            record_failure(email, source)
+            record_failure(email, source, g.user)
             form.current_password.errors.append("This is not your current password.")
         else:
             forget_failures(email, source)
@@ -466,6 +537,7 @@ def change_password():
             with db:  # the new password, and the user logged out everywhere...
                 db.execute('UPDATE "user" SET "password_hash" = ? WHERE "id" = ?', (password_hash, g.user["id"]))
                 db.execute('DELETE FROM "app_session" WHERE "user_id" = ?', (g.user["id"],))
+                audit.record(db, "password_changed", "user", g.user["id"])
             start_session(g.user["id"])  # ...but here, in a fresh session
             flash("Your password has been changed.", "success")
             return redirect(url_for("main.index"))

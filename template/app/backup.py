@@ -507,7 +507,7 @@ def check_app_database(path, tables, expected, live=None):
 
     found = application_id(path)
     if found == migrate.APPLICATION_ID:
-        check_no_triggers_or_views(path)
+        check_triggers_and_views(path)
         return
     if found:
         raise BackupError(
@@ -525,7 +525,7 @@ def check_app_database(path, tables, expected, live=None):
             "backups, mark a copy of it as this app's (cp FILE COPY; sqlite3 COPY "
             f"'PRAGMA application_id = {migrate.APPLICATION_ID}') and restore the copy"
         ) from e
-    check_no_triggers_or_views(path)
+    check_triggers_and_views(path)
 
 
 def application_id(path):
@@ -562,15 +562,25 @@ def recorded_tables(path):
         db.close()
 
 
-def check_no_triggers_or_views(path):
-    """The app's schema has no trigger and no view: a backup holding one is not its own."""
+def check_triggers_and_views(path):
+    """The app's schema has no view, and only its own triggers (the audit trail's, which
+    keep it append-only): a backup holding any other is not its own. (A trigger runs
+    SQL on every write once restored; only the schema's exact ones may come in.)"""
+    memory = sqlite3.connect(":memory:")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        extra = db.execute(
-            "SELECT type, name FROM sqlite_schema WHERE type IN ('trigger', 'view') ORDER BY name"
-        ).fetchall()
+        memory.executescript(read_schema())
+        ours = set(memory.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'"))
+        extra = [
+            (kind, name)
+            for kind, name, sql in db.execute(
+                "SELECT type, name, sql FROM sqlite_schema WHERE type IN ('trigger', 'view') ORDER BY name"
+            )
+            if (name, sql) not in ours
+        ]
     finally:
         db.close()
+        memory.close()
     if extra:
         raise BackupError(
             "it is not a backup of this app: it has "

@@ -12,7 +12,7 @@ that with the live database and, in ONE transaction:
    integer that became a decimal, a decimal with other places...), the way SQLite's
    documentation says (https://www.sqlite.org/lang_altertable.html#otheralter): create
    the new table, copy every row into it, converted, drop the old one, rename the new one;
-4. creates and drops indexes until they are the schema's;
+4. creates and drops indexes and triggers until they are the schema's;
 5. keeps the tables and columns the spec no longer has, with their data, unless
    `--drop-removed` asks to drop them; a kept column or table loses its references to
    other tables, so that nothing done to live records changes it any more;
@@ -194,6 +194,7 @@ def migrate(conn, schema_sql, entities=None, drop_removed=False, dry_run=False, 
                 ):
                     rebuilt.add(name)
             change_indexes(conn, wanted, rebuilt, result, problems)
+            change_triggers(conn, wanted, result)
             removed_tables(conn, wanted, drop_removed, result)
             mark_as_ours(conn, result)
             applied = with_kept(conn, entities, previous)
@@ -613,6 +614,21 @@ def change_indexes(conn, wanted, rebuilt, result, problems):
             result.steps.append(f'created index "{name}"')
 
 
+def change_triggers(conn, wanted, result):
+    """Drop the triggers the schema no longer has (or has otherwise), create those it
+    lacks. (Dropping or rebuilding a table drops its triggers: they are made again here.)"""
+    want = dict(objects(wanted, "trigger"))
+    for name, sql in objects(conn, "trigger"):
+        if not same_sql(sql, want.get(name, "")):
+            conn.execute(f"DROP TRIGGER {quote(name)}")
+            result.steps.append(f'dropped trigger "{name}"')
+    have = dict(objects(conn, "trigger"))
+    for name, sql in want.items():
+        if name not in have:
+            conn.execute(sql)
+            result.steps.append(f'created trigger "{name}"')
+
+
 def removed_tables(conn, wanted, drop_removed, result):
     """Entity tables the schema no longer has: kept, or dropped with --drop-removed."""
     tables = {name for name, _ in objects(wanted, "table")}
@@ -856,7 +872,7 @@ def decimal_text(scaled, places):
 
 
 def objects(db, kind):
-    """[(name, sql)] of the tables or indexes of a database, in creation order."""
+    """[(name, sql)] of the tables, indexes or triggers of a database, in creation order."""
     return [
         (row[0], row[1])
         for row in db.execute(

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 
-from . import auth, mail
+from . import audit, auth, mail
 from .db import get_db
 from .values import now
 
@@ -77,7 +77,8 @@ def find(token, purposes):
 
 
 def gone(message, purpose):
-    again = {"signup": " Sign up again for a new one.", "reset": " Ask for a new one.", "verify": " Log in and ask for a new one."}
+    again = {"signup": " Sign up again for a new one.", "reset": " Ask for a new one.",
+             "verify": " Log in and ask for a new one.", "email": " Change it again in your settings."}
     abort(410, message + again[purpose])
 
 
@@ -161,7 +162,7 @@ def start_signup(email, account_name, password_hash, existing):
 
 @bp.route("/verify/<token>", methods=("GET", "POST"))
 def verify(token):
-    row = find(token, ("signup", "verify"))
+    row = find(token, ("signup", "verify", "email"))
     if request.method == "GET":  # (CSRFProtect has checked the POST's token)
         return render_template("auth/verify.html", row=row)
     db = get_db()
@@ -174,21 +175,28 @@ def verify(token):
                     'UPDATE "user" SET "email_verified_at" = ? WHERE "id" = ? AND "email" = ?',
                     (now(), row["user_id"], row["email"]),
                 )
+            elif row["purpose"] == "email":
+                user = db.execute('SELECT "email", "account_id" FROM "user" WHERE "id" = ?', (row["user_id"],)).fetchone()
+                db.execute(
+                    'UPDATE "user" SET "email" = ?, "email_verified_at" = ? WHERE "id" = ?',
+                    (row["email"], now(), row["user_id"]),
+                )
+                audit.record(db, "email_changed", "user", row["user_id"], {"email": [user["email"], row["email"]]},
+                             account_id=user["account_id"], actor=user["email"])
             else:
-                account_id = db.execute(
-                    'INSERT INTO "account" ("name") VALUES (?)', (row["account_name"],)
-                ).lastrowid
-                user_id = db.execute(
-                    'INSERT INTO "user" ("account_id", "email", "password_hash", "email_verified_at")'
-                    " VALUES (?, ?, ?, ?)",
-                    (account_id, row["email"], row["password_hash"], now()),
-                ).lastrowid
+                user_id = auth.create_account(db, row["account_name"], row["email"], row["password_hash"], now())
     except sqlite3.IntegrityError:
         # The address got an account since this link was mailed (an earlier link).
+        if row["purpose"] == "email":
+            flash(f"Another user has {row['email']} now: your address is unchanged.", "error")
+            return redirect(url_for("settings.settings"))
         flash("This address has an account already: log in.", "success")
         return redirect(url_for("auth.login"))
     if row["purpose"] == "verify":
         flash("Thank you: your email address is verified.", "success")
+        return redirect(url_for("main.index"))
+    if row["purpose"] == "email":
+        flash(f"Your email address is now {row['email']}.", "success")
         return redirect(url_for("main.index"))
     auth.start_session(user_id)
     auth.remember_address(user_id, request.remote_addr or "unknown")
@@ -261,6 +269,8 @@ def reset(token):
             (password_hash, now(), row["user_id"]),
         )
         db.execute('DELETE FROM "app_session" WHERE "user_id" = ?', (row["user_id"],))
+        user = db.execute('SELECT "account_id" FROM "user" WHERE "id" = ?', (row["user_id"],)).fetchone()
+        audit.record(db, "reset", "user", row["user_id"], account_id=user["account_id"], actor=row["email"])
     auth.start_session(row["user_id"])  # this browser only, in a fresh session
     auth.remember_address(row["user_id"], request.remote_addr or "unknown")
     send(row["email"], "Your password was changed", "password_changed.txt", forgot=mail.link("tokens.forgot"))

@@ -7,7 +7,7 @@ these helpers, so the rules live in one place.
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from flask import request
+from flask import abort, request
 from flask_wtf import FlaskForm
 from wtforms.validators import StopValidation, ValidationError
 
@@ -25,8 +25,18 @@ class PostedForm(FlaskForm):
     missing, and the form says so.
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(formdata=request.form if self.is_submitted() else None, **kwargs)
+    def __init__(self, formdata=None, **kwargs):
+        if formdata is None and self.is_submitted():
+            formdata = request.form
+        super().__init__(formdata=formdata, **kwargs)
+
+
+def same_site():
+    """403 unless the request comes from a page of this site or was typed: browsers say
+    where a request comes from in Sec-Fetch-Site (a browser too old to send it is let
+    through). For downloads (GET) that must not be fetched for another site."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        abort(403, "This download must be started from this site's own pages.")
 
 
 def now():
@@ -101,11 +111,13 @@ def csv_text(value):
     """A cell for text a user typed: never read as a formula by a spreadsheet.
 
     Cells starting with = + - @ (or a tab / carriage return) get a leading
-    apostrophe. Numbers and dates the app formats itself are written as they are.
+    apostrophe, and so do those starting with one, so that the import (imports.py)
+    takes exactly one off again. Numbers and dates the app formats itself are written
+    as they are.
     """
     if value is None:
         return ""
-    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r", "'"):
         return "'" + value
     return value
 

@@ -124,6 +124,22 @@ def logged_in(client, auth):
     return client
 
 
+def invite(owner, email, role="editor"):
+    """Invite `email` to the account of `owner` (an owner's client) as `role`; the path
+    of the invitation link mailed."""
+    response = owner.post("/team", data={"email": email, "role": role})
+    assert response.status_code == 302, response.text
+    return link_in(mails(owner.application, normal_email(email))[-1])
+
+
+def member(app, owner, email, role):
+    """A new client logged in as `email`, who accepted the invitation of `owner` as `role`."""
+    client = app.test_client()
+    response = client.post(invite(owner, email, role), data={"password": PASSWORD, "confirm": PASSWORD})
+    assert response.status_code == 302, response.text
+    return client
+
+
 @pytest.fixture
 def other_client(app):
     """A second client, signed up and logged in as other@example.com (account "Other Co")."""

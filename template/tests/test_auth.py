@@ -17,7 +17,7 @@ def test_signup_page(client):
     assert response.status_code == 200
     for name in ("account", "email", "password", "confirm"):
         assert f'name="{name}"'.encode() in response.data
-    assert b"At least 8 characters." in response.data  # what a password needs, up front
+    assert b"At least 8 characters, not easy to guess." in response.data  # what a password needs, up front
 
 
 def test_signup_creates_account_and_user_and_logs_in(app, client, auth):

@@ -14,7 +14,7 @@ from app import create_app, tokens
 from app.db import get_db
 
 import factories
-from conftest import PASSWORD, TEST_CONFIG, AuthActions
+from conftest import PASSWORD, TEST_CONFIG, AuthActions, invite
 
 
 def make_app(data_dir, **config):
@@ -203,6 +203,7 @@ def test_every_logged_in_response_is_private(app, logged_in):
         db = get_db()
         with db:
             links = {purpose: tokens.issue(db, purpose, "owner@example.com", user_id=1) for purpose in ("verify", "reset")}
+    links["join"] = invite(logged_in, "new@example.com").removeprefix("/invite/")
     for rule in app.url_map.iter_rules():
         if "GET" not in rule.methods or rule.endpoint == "static":
             continue
