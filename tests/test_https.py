@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import ssl
@@ -162,6 +163,8 @@ def https_get(port: int, path: str, ca: str):
 @pytest.mark.slow
 def test_certbot_gets_a_certificate_from_pebble_and_the_app_answers_over_https(template_repo, wheels, tmp_path):
     app = render_app(template_repo, sample_answers(domain=DOMAIN), tmp_path / "apps" / "sample")
+    # The app's README shows the command vgen install prints.
+    assert f"# {shlex.join(certs.command('sample', DOMAIN))}\n" in (app / "README.md").read_text()
     root = tmp_path / "root"
     installed = install(["sample"], root, tmp_path / "apps", wheels)
     assert installed.domains == {"sample": DOMAIN}
