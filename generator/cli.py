@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import fleet, newvertical, ports, project as projects, serve as serving
+from . import certs, fleet, newvertical, ports, project as projects, serve as serving
 from . import install as install_mod, status as status_mod
 from .appupdate import Status
 from .errors import VgenError
@@ -234,18 +235,24 @@ def ports_check(ctx):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="The host's files (its units, backups and certificates), as `vgen install --root` laid them.")
 @click.pass_context
-def status(ctx, out):
+def status(ctx, out, root):
     """One row per vertical: port, template version, drift, health, last good backup, and
-    on a host where `vgen install` put it, its state under systemd."""
+    on a host where `vgen install` put it, its state under systemd and when its HTTPS
+    certificate expires."""
     project = get_project(ctx, out)
-    rows = status_mod.status(project)
+    rows = status_mod.status(project, root=Path(root))
     on_host = any(row.service for row in rows)
+    with_certificates = any(row.certificate_expires for row in rows)
     table = Table(show_edge=False, box=None, pad_edge=False)
     for column in ("vertical", "port", "template", "spec", "hand edits", "health", "last backup"):
         table.add_column(column)
     if on_host:
         table.add_column("service")
+    if with_certificates:
+        table.add_column("certificate expires")
     yes_no = {True: "yes", False: "no", None: "-"}
     service_style = {"active": "green", "idle": "green", "failed": "red", "stopped": "yellow"}
     for row in rows:
@@ -259,6 +266,8 @@ def status(ctx, out):
         if on_host:
             style = service_style.get(row.service, "")
             cells.append(f"[{style}]{row.service}[/{style}]" if style else row.service or "-")
+        if with_certificates:
+            cells.append(row.certificate_expires.strftime("%Y-%m-%dT%H:%M:%SZ") if row.certificate_expires else "-")
         table.add_row(*cells)
     console.print(table)
 
@@ -269,10 +278,13 @@ def status(ctx, out):
 @click.option("--root", required=True, type=click.Path(file_okay=False),
               help="Where to lay the files, as they would sit under / (use / on the box itself).")
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.option("--acme-server", envvar="VGEN_ACME_SERVER", default=certs.LETS_ENCRYPT, show_default=True,
+              help="The ACME directory certbot gets certificates from (or $VGEN_ACME_SERVER).")
 @click.pass_context
-def install(ctx, slugs, all_, root, out):
-    """Lay each app as a release, with its wheels, units, cron file and nginx site, under
-    ROOT; then print the command that puts them into service on the host."""
+def install(ctx, slugs, all_, root, out, acme_server):
+    """Lay each app as a release, with its wheels, units, cron file and nginx sites, under
+    ROOT; then print the command that puts them into service on the host, and the
+    certbot command that turns HTTPS on for each domain without a certificate yet."""
     if bool(slugs) == all_:
         raise click.UsageError("name one or more verticals, or pass --all")
     project = get_project(ctx, out)
@@ -291,6 +303,12 @@ def install(ctx, slugs, all_, root, out):
     console.print("To put them into service (or check they are), run as root on the host:")
     for command in install_mod.enable_commands(installed.releases):
         console.print(f"  {escape(command)}", soft_wrap=True)
+    waiting = {slug: domain for slug, domain in installed.domains.items() if certs.expiry(Path(root), domain) is None}
+    if waiting:
+        console.print("Then, for HTTPS once each domain points at the host, run as root there (once: "
+                      "certbot.timer renews):")
+        for slug, domain in waiting.items():
+            console.print(f"  {escape(shlex.join(certs.command(slug, domain, acme_server)))}", soft_wrap=True)
 
 
 @main.command()

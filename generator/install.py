@@ -13,8 +13,12 @@ root, OUT, wheelhouse) writes, under ROOT:
     etc/systemd/system/cheesemaking-migrate.service   the schema, before the first start
     etc/systemd/system/cheesemaking-backup.service    the nightly backup (oneshot)
     etc/cron.d/cheesemaking                       starts the backup unit each night
-    etc/nginx/sites-available/cheesemaking.conf
+    etc/nginx/sites-available/cheesemaking.conf   port 80: the app, the ACME challenge, and
+                                                  once HTTPS is on, the redirect to it
     etc/nginx/sites-enabled/cheesemaking.conf -> ../sites-available/cheesemaking.conf
+    etc/nginx/sites-available/cheesemaking-https.conf   port 443, enabled by certbot's deploy
+                                                  hook once the certificate exists (certs.py)
+    var/www/vgen-acme/                            certbot's webroot for the ACME challenge
     etc/vgen/cheesemaking.env                     the settings file, once, then the admin's
 
 The release ID is a hash of what the release holds, so the same app gives the same
@@ -41,7 +45,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import wheelhouse
+from . import answers, certs, wheelhouse
 from .errors import Problem, VgenError
 from .fsutil import check_folder
 from .spec import SLUG_RE
@@ -70,6 +74,7 @@ class Laid:
 class Installed:
     laid: list[Laid] = field(default_factory=list)
     releases: dict[str, str] = field(default_factory=dict)  # slug -> release ID
+    domains: dict[str, str] = field(default_factory=dict)  # slug -> its spec's domain, if any
 
     @property
     def changed(self) -> list[Laid]:
@@ -94,6 +99,7 @@ def install(slugs: list[str], root: Path, out: Path, wheelhouse: Wheelhouse) -> 
         for wheel in wheelhouse.wheels():
             laid.append(_lay_file(root / WHEELHOUSE_DIR / wheel.name, wheel.read_bytes(), 0o644, journal))
         laid.append(_lay_file(root / ACTIVATE, Path(__file__).with_name("activate.py").read_bytes(), 0o755, journal))
+        laid.append(_lay_dir(root / certs.WEBROOT, journal))
         for slug, app in zip(slugs, apps):
             files = _release_files(app, wheelhouse.requirements)
             release = installed.releases[slug] = release_id(files)
@@ -103,6 +109,9 @@ def install(slugs: list[str], root: Path, out: Path, wheelhouse: Wheelhouse) -> 
                 laid.append(_lay_file(root / target, (deploy / source).read_bytes(), 0o644, journal))
             laid.append(_lay_symlink(root / _site_link(slug), _site_target(slug), journal))
             laid.append(_lay_once(root / f"etc/vgen/{slug}.env", settings_file(slug), 0o600, journal))
+            domain = answers.recorded(app).get("domain")
+            if domain:
+                installed.domains[slug] = domain
     except OSError as exc:
         journal.undo()
         where = exc.filename if exc.filename is not None else root
@@ -163,6 +172,7 @@ def _deploy_files(slug: str) -> list[tuple[str, str]]:
         # cron ignores /etc/cron.d files whose names contain a dot.
         (f"{slug}.cron", f"etc/cron.d/{slug}"),
         (f"{slug}.nginx.conf", f"etc/nginx/sites-available/{slug}.conf"),
+        (f"{slug}-https.nginx.conf", f"etc/nginx/sites-available/{slug}-https.conf"),
     ]
 
 
@@ -278,7 +288,8 @@ def _check_not_the_systems(slugs: list[str], root: Path) -> None:
                     if not _laid_by_vgen(path, f"/etc/systemd/system/{unit}"):
                         problems.append(Problem(str(path), "", f"the box already has a unit {unit}, which the "
                                                 "vertical's would replace; give the vertical another slug"))
-        for target in (f"etc/cron.d/{slug}", f"etc/nginx/sites-available/{slug}.conf"):
+        for target in (f"etc/cron.d/{slug}", f"etc/nginx/sites-available/{slug}.conf",
+                       f"etc/nginx/sites-available/{slug}-https.conf"):
             path = root / target
             if os.path.lexists(path) and not _laid_by_vgen(path, f"/{target}"):
                 problems.append(Problem(str(path), "", "not laid by vgen; move it away, or give the vertical another slug"))
@@ -407,6 +418,13 @@ def _lay_symlink(path: Path, target: str, journal: _Journal) -> Laid:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return Laid(path, status)
+
+
+def _lay_dir(path: Path, journal: _Journal) -> Laid:
+    if path.is_dir():
+        return Laid(path, "unchanged")
+    _make_dirs(path, journal)
+    return Laid(path, "created")
 
 
 def _make_dirs(path: Path, journal: _Journal) -> None:

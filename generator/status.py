@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import answers, gitrepo, ports, render, spec
+from . import answers, certs, gitrepo, ports, render, spec
 from .gitrepo import TEMPLATE_BRANCH
 from .project import Project
 
@@ -39,9 +39,12 @@ class Row:
     # socket starts it on the next connection), "failed" or "stopped"; "" when the
     # vertical is not installed here.
     service: str = ""
+    # When the HTTPS certificate of the vertical's domain expires (certbot's, under the
+    # root); None without a domain or a certificate.
+    certificate_expires: dt.datetime | None = None
 
 
-def status(project: Project, timeout: float = 1.0) -> list[Row]:
+def status(project: Project, timeout: float = 1.0, root: Path = Path("/")) -> list[Row]:
     verticals, _ = project.load_verticals()
     valid = {v.slug: v for v in verticals}
     registry = ports.load(project.ports_path)
@@ -59,7 +62,8 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
         spec_changed = None
         if recorded and slug in valid and port is not None:
             spec_changed = answers.questions(recorded) != answers.plain(valid[slug].answers(port))
-        backup_time, backup_kind = last_backup(app, slug)
+        backup_time, backup_kind = last_backup(app, slug, root)
+        domain = valid[slug].domain if slug in valid else recorded.get("domain")
         service = services.get(slug, "")
         if service == "idle":
             state = "idle"  # asking /healthz would start it: the socket answers for it
@@ -74,6 +78,7 @@ def status(project: Project, timeout: float = 1.0) -> list[Row]:
             health=state,
             last_backup=backup_time, last_backup_kind=backup_kind,
             service=service,
+            certificate_expires=certs.expiry(root, domain) if domain else None,
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:

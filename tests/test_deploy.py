@@ -220,9 +220,12 @@ def test_install_lays_a_release_and_is_idempotent(apps, wheels, tmp_path):
         "etc/cron.d/sample",
         "etc/nginx/sites-available/sample.conf",
         "etc/nginx/sites-enabled/sample.conf",
+        "etc/nginx/sites-available/sample-https.conf",  # enabled by certbot's deploy hook
+        "var/www/vgen-acme",  # certbot's webroot
         "etc/vgen/sample.env",
     ):
         assert path in laid
+    assert not os.path.lexists(tmp_path / "etc/nginx/sites-enabled/sample-https.conf")
     assert not any("/instance" in p for p in laid)
     # The venv gets exactly the wheels shipped beside it, pinned.
     wheels_laid = sorted(p.name for p in (tmp_path / "srv/vgen/wheelhouse").iterdir())
@@ -294,6 +297,7 @@ SYSTEM_FILES = [
     "usr/lib/systemd/system/sample-backup.service",
     "etc/cron.d/sample",
     "etc/nginx/sites-available/sample.conf",
+    "etc/nginx/sites-available/sample-https.conf",
     "etc/nginx/sites-enabled/sample.conf",
 ]
 

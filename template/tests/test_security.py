@@ -54,7 +54,7 @@ def test_no_debug_by_default(app, monkeypatch):
 
 
 def session_cookie_header(response):
-    return next(h for h in response.headers.getlist("Set-Cookie") if "_session=" in h)
+    return next(h for h in response.headers.getlist("Set-Cookie") if "session=" in h.split(";")[0])
 
 
 def test_session_cookie_flags_over_http(client, auth):
@@ -65,9 +65,21 @@ def test_session_cookie_flags_over_http(client, auth):
     assert "Expires=" in cookie  # a permanent session, with PERMANENT_SESSION_LIFETIME
 
 
-def test_session_cookie_secure_behind_https_proxy(client, auth):
+def test_session_cookie_over_http_keeps_its_plain_name(app, client, auth):
+    cookie = session_cookie_header(auth.signup())
+    assert cookie.startswith(app.config["SESSION_COOKIE_NAME"] + "=")
+    assert "__Host-" not in cookie
+
+
+def test_session_cookie_behind_https_proxy_is_host_prefixed_and_secure(client, auth):
     auth.client.environ_base["HTTP_X_FORWARDED_PROTO"] = "https"
-    assert "Secure" in session_cookie_header(auth.signup())
+    cookie = session_cookie_header(auth.signup())
+    attributes = [part.strip() for part in cookie.split(";")]
+    assert attributes[0].startswith("__Host-session=")
+    assert {"Secure", "HttpOnly", "SameSite=Lax", "Path=/"} <= set(attributes)
+    assert not any(part.lower().startswith("domain=") for part in attributes)
+    # The browser sends it back under that name: the session goes on over HTTPS.
+    assert client.get("/account/password").status_code == 200
 
 
 def test_session_cookie_secure_forced(tmp_path, monkeypatch):
@@ -146,8 +158,9 @@ def csrf_app(app):
     return app
 
 
-def csrf_token(client, url):
-    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', client.get(url).data).group(1).decode()
+def csrf_token(client, url, **kwargs):
+    page = client.get(url, **kwargs).data
+    return re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1).decode()
 
 
 def test_csrf_refuses_post_without_token(csrf_app, client):
@@ -226,15 +239,16 @@ def test_logged_out_pages_may_be_cached(client):
 
 def test_strict_transport_security_over_https_only(client):
     assert "Strict-Transport-Security" not in client.get("/login").headers
+    assert "Strict-Transport-Security" not in client.get("/login", headers={"X-Forwarded-Proto": "http"}).headers
     headers = client.get("/login", headers={"X-Forwarded-Proto": "https"}).headers
-    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert headers["Strict-Transport-Security"] == "max-age=63072000; includeSubDomains"
 
 
 def test_csrf_over_https_on_another_port(csrf_app, client):
     """Behind nginx on https://host:8443/, the form's Referer names the port: nginx
     passes it in X-Forwarded-Port, and the CSRF check accepts the form."""
     proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example", "X-Forwarded-Port": "8443"}
-    token = csrf_token(client, "/signup")
+    token = csrf_token(client, "/signup", headers=proxy)  # in the HTTPS session (__Host-session)
     response = AuthActions(client).signup(csrf_token=token, headers={**proxy, "Referer": "https://shop.example:8443/signup"})
     assert response.status_code == 302
     assert count(csrf_app, "user") == 1
