@@ -103,6 +103,7 @@ def environment_for(moto: Moto, folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def rclone_env(moto, tmp_path_factory):
+    make_bucket(moto, BUCKET)
     return environment_for(moto, tmp_path_factory.mktemp("rclone"))
 
 
@@ -416,3 +417,120 @@ def test_drill_restores_the_latest_copy_exactly_and_names_a_corrupt_one(
     assert "not a readable SQLite database" in lines[1]
     assert lines[2] == "1 of 2 failed: honeybees"
     assert table_digests(lives["honeybees"])  # the live database is untouched and sound
+
+
+# -- alarms -----------------------------------------------------------------------------
+
+BACKUP_AT = """
+import datetime, sys
+sys.path.insert(0, ".")
+from app.backup import run_backup
+
+hours_ago = float(sys.argv[3])
+now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=hours_ago)
+record = run_backup(sys.argv[1], sys.argv[2], now=now)
+assert record["verified"], record
+"""
+
+
+def backup_hours_ago(project: Project, env: dict, hours: float, slug: str = SLUG) -> None:
+    """A real nightly backup, as if it had run `hours` ago (the backup's own clock)."""
+    app = project.app_dir(slug)
+    data = app / "instance"
+    migrated(app, env, data)
+    subprocess.run([sys.executable, "-c", BACKUP_AT, str(data / f"{slug}.db"), str(data / "backups"), str(hours)],
+                   cwd=app, env=env, check=True, capture_output=True, timeout=120)
+
+
+def certificate(root: Path, domain: str, days: int) -> Path:
+    """A self-signed certificate where certbot keeps the domain's, valid for `days`."""
+    path = root / "etc/letsencrypt/live" / domain / "cert.pem"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={domain}",
+                    "-days", str(days), "-keyout", str(path.with_name("privkey.pem")), "-out", str(path)],
+                   check=True, capture_output=True, timeout=60)
+    return path
+
+
+DOMAIN = "cheesemaking.example.com"  # verticals/cheesemaking.toml
+
+
+def no_backup(project, env, root):
+    pass
+
+
+def stale_backup(project, env, root):
+    backup_hours_ago(project, env, 27)
+
+
+def offsite_missing(project, env, root):
+    backup_hours_ago(project, env, 1)
+    write_settings(root, SLUG, env, f"offsite:nowhere/{SLUG}")  # set, but no run copied it
+
+
+def offsite_stale(project, env, root):
+    write_settings(root, SLUG, env, f"offsite:{BUCKET}/{SLUG}")
+    app = project.app_dir(SLUG)
+    migrated(app, env, app / "instance")
+    done = backup(project, env, BACKUP_OFFSITE=f"offsite:{BUCKET}/{SLUG}")  # copied now...
+    assert done.returncode == 0, done.stderr
+    record = last(project)
+    record["last_offsite"]["time"] = "2020-01-01T00:00:00Z"  # ...and then not for years
+    (app / "instance/backups/last.json").write_text(json.dumps(record))
+
+
+def certificate_expiring(project, env, root):
+    backup_hours_ago(project, env, 1)
+    certificate(root, DOMAIN, 5)
+
+
+@pytest.mark.parametrize("condition, line", [
+    (no_backup, f"{SLUG}: no verified backup yet"),
+    (stale_backup, f"{SLUG}: last verified backup is 27 hours old ("),
+    (offsite_missing, f"{SLUG}: no off-site copy yet (BACKUP_OFFSITE is set)"),
+    (offsite_stale, f"{SLUG}: last off-site copy is "),
+    (certificate_expiring, f"{SLUG}: certificate for {DOMAIN} expires in "),
+])
+def test_each_alarm_is_one_line_and_exit_1(fleet, rclone_env, tmp_path, condition, line):
+    root = tmp_path / "root"
+    root.mkdir()
+    condition(fleet, rclone_env, root)
+    checked = status_check(fleet, root)
+    assert checked.exit_code == 1, checked.output
+    lines = checked.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), lines
+
+
+def test_a_healthy_fleet_is_one_line_and_exit_0(fleet, template_repo, moto, rclone_env, tmp_path):
+    make_bucket(moto, "healthy")
+    root = tmp_path / "root"
+    render_app(template_repo, example_answers("honeybees"), fleet.out / "honeybees")
+    for slug in (SLUG, "honeybees"):
+        write_settings(root, slug, rclone_env, f"offsite:healthy/{slug}")
+        app = fleet.app_dir(slug)
+        migrated(app, rclone_env, app / "instance")
+        done = backup(fleet, rclone_env, slug, BACKUP_OFFSITE=f"offsite:healthy/{slug}")
+        assert done.returncode == 0, done.stderr
+    certificate(root, DOMAIN, 60)  # honeybees has no certificate: no HTTPS yet, no alarm
+    checked = status_check(fleet, root)
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip().splitlines() == [
+        "2 verticals checked: backups, off-site copies, services and certificates are fine"]
+
+    # The same fleet, seen later and with the service failed, in the library's words.
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=50)
+    checked, problems = alarms.check(fleet, root, now=later, services={SLUG: "failed", "honeybees": "active"})
+    assert checked == [SLUG, "honeybees"]
+    assert [str(p) for p in problems if p.slug == SLUG] == [
+        f"{SLUG}: last verified backup is 50 days old ({last(fleet)['time']}, backup)",
+        f"{SLUG}: last off-site copy is 50 days old ({last(fleet)['time']}, {last(fleet)['offsite']['remote']})",
+        f"{SLUG}: service failed (systemctl status {SLUG}.service {SLUG}.socket)",
+        f"{SLUG}: certificate for {DOMAIN} expires in 10 days, on "
+        f"{alarms.certificate_expiry(root / 'etc/letsencrypt/live' / DOMAIN / 'cert.pem'):%Y-%m-%d %H:%M} UTC "
+        f"({root / 'etc/letsencrypt/live' / DOMAIN / 'cert.pem'})",
+    ]
+    assert [p.message for p in problems if p.slug == "honeybees"] == [
+        "last verified backup is 50 days old (" + last(fleet, "honeybees")["time"] + ", backup)",
+        "last off-site copy is 50 days old (" + last(fleet, "honeybees")["time"] + ", "
+        + last(fleet, "honeybees")["offsite"]["remote"] + ")",
+    ]
