@@ -2,8 +2,9 @@
 
 For each vertical: list its off-site folder (BACKUP_OFFSITE in /etc/vgen/<slug>.env, or
 the folder its last good off-site copy went to), fetch the newest backup there with
-rclone (the same config: RCLONE_CONFIG from that file, else vgen's own environment) into
-a scratch folder, and check it:
+rclone into a scratch folder, and check it. rclone's config: RCLONE_CONFIG (or any
+RCLONE_* setting) from that file, else from vgen's environment, else
+/etc/vgen/rclone.conf, the one the backup units get. The checks:
 
 - its checksum equals the one the remote keeps, and the one the backup recorded when it
   uploaded it (backups/last.json);
@@ -103,6 +104,9 @@ def drill_one(slug: str, app: Path, root: Path, python: str, schemas: dict) -> R
                                " and no backup recorded one")
         return result
     env = dict(os.environ)
+    fleet_config = Path(root) / "etc/vgen/rclone.conf"  # the backup units' credential
+    if not env.get("RCLONE_CONFIG") and fleet_config.is_file():
+        env["RCLONE_CONFIG"] = str(fleet_config)
     env.update({k: v for k, v in settings.items() if k.startswith("RCLONE_")})
     try:
         listing = json.loads(rclone(env, "lsjson", "--hash", "--files-only", folder) or "[]")

@@ -392,7 +392,8 @@ def check_uploaded(path, target, hashes):
                 raise BackupError(f"the checksum differs after the upload: {kind} {local} here, {hashes[kind]} there")
             return f"{kind}:{local}"
     digest = hashlib.sha256()
-    with subprocess.Popen([RCLONE, "cat", target], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as reader:
+    with subprocess.Popen([RCLONE, "cat", target], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          env=rclone_environment()) as reader:
         for chunk in iter(lambda: reader.stdout.read(1 << 20), b""):
             digest.update(chunk)
     local = file_hash(path, "sha256")
@@ -409,12 +410,27 @@ def file_hash(path, kind):
     return digest.hexdigest()
 
 
+def rclone_environment():
+    """The environment rclone runs with: this one, with the unit's credential
+    rclone.conf as RCLONE_CONFIG when that is not set."""
+    env = dict(os.environ)
+    credential = Path(env.get("CREDENTIALS_DIRECTORY", "/nonexistent"), "rclone.conf")
+    if not env.get("RCLONE_CONFIG") and credential.is_file():
+        env["RCLONE_CONFIG"] = str(credential)
+    return env
+
+
 def rclone(*args):
     """Run `rclone ARGS` (its config and flags from RCLONE_* in the environment);
-    returns its output. Raises BackupError when it fails or takes too long."""
+    returns its output. Raises BackupError when it fails or takes too long.
+
+    Under systemd, the config may come as the unit's credential rclone.conf
+    (LoadCredential=, see deploy/<slug>-backup.service) when RCLONE_CONFIG is not set.
+    """
     try:
         done = subprocess.run(
-            [RCLONE, *args], capture_output=True, text=True, timeout=OFFSITE_TIMEOUT, check=False
+            [RCLONE, *args], capture_output=True, text=True, timeout=OFFSITE_TIMEOUT, check=False,
+            env=rclone_environment(),
         )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise BackupError(f"rclone {args[0]}: {e}") from e
