@@ -389,9 +389,8 @@ def drill_command(ctx, slugs, all_, root, out):
     results = drill.drill(project, None if all_ else list(slugs), Path(root))
     if not results:
         raise VgenError(f"no vertical to drill: none is generated here or installed under {root}")
-    now = drill.dt.datetime.now(drill.dt.timezone.utc)
     for result in results:
-        console.print(result.line(now), markup=False, soft_wrap=True)
+        console.print(result.line(), markup=False, soft_wrap=True)
     failed = [r.slug for r in results if not r.verified]
     if failed:
         console.print(f"{len(failed)} of {len(results)} failed: {', '.join(failed)}", markup=False, soft_wrap=True)

@@ -58,8 +58,9 @@ class Result:
     size: int | None = None
     tables: dict[str, int] = field(default_factory=dict)
 
-    def line(self, now: dt.datetime) -> str:
+    def line(self, now: dt.datetime | None = None) -> str:
         """One line for the report: the slug first."""
+        now = now or dt.datetime.now(dt.timezone.utc)
         parts = []
         if self.remote:
             parts.append(self.remote)

@@ -141,9 +141,10 @@ def flask(app_dir: Path, env: dict, data_dir: Path, *args) -> subprocess.Complet
 
 
 def migrated(app_dir: Path, env: dict, data_dir: Path) -> Path:
+    """The app's database in data_dir, made by its own migrate."""
     done = flask(app_dir, env, data_dir, "migrate")
     assert done.returncode == 0, done.stderr
-    return data_dir / f"{SLUG}.db"
+    return data_dir / f"{app_dir.name}.db"
 
 
 def add_rooms(database: Path, names: list[str]) -> None:
@@ -373,7 +374,7 @@ def test_drill_restores_the_latest_copy_exactly_and_names_a_corrupt_one(
     lives = {}
     for slug in (SLUG, "honeybees"):
         app = fleet.app_dir(slug)
-        database = migrated(app, rclone_env, app / "instance").with_name(f"{slug}.db")
+        database = migrated(app, rclone_env, app / "instance")
         if slug == SLUG:
             add_rooms(database, ["cellar", "cave", "cooler"])
         write_settings(root, slug, rclone_env, f"offsite:drill/{slug}")
