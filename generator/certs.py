@@ -37,10 +37,15 @@ def expiry(root: Path, domain: str) -> dt.datetime | None:
     """When the certificate certbot keeps for domain (under root) expires, in UTC; None
     when there is none or it cannot be read."""
     try:
-        pem = cert_file(root, domain).read_bytes()
-        return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        return read_expiry(cert_file(root, domain))
     except (OSError, ValueError):
         return None
+
+
+def read_expiry(path: Path) -> dt.datetime:
+    """When the PEM certificate at path expires, in UTC. Raises OSError when the file
+    cannot be read, ValueError when it holds no certificate."""
+    return x509.load_pem_x509_certificate(Path(path).read_bytes()).not_valid_after_utc
 
 
 def command(slug: str, domain: str, server: str = "", root: Path = Path("/"), nginx: str = "nginx") -> list[str]:

@@ -235,14 +235,31 @@ def ports_check(ctx):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.option("--check", is_flag=True,
+              help="Only what needs attention, one line each, exit 1 when anything does (for cron and monitors).")
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
               help="The host's files (its units, backups and certificates), as `vgen install --root` laid them.")
 @click.pass_context
-def status(ctx, out, root):
+def status(ctx, out, check, root):
     """One row per vertical: port, template version, drift, health, last good backup, and
     on a host where `vgen install` put it, its state under systemd and when its HTTPS
-    certificate expires."""
+    certificate expires.
+
+    With --check: a line for each vertical whose last verified backup is older than 26
+    hours, whose last backup run or off-site copy failed or is missing, whose service
+    failed, or whose certificate expires within 14 days; exit 1 if there is any."""
     project = get_project(ctx, out)
+    if check:
+        from . import alarms
+
+        checked, problems = alarms.check(project, Path(root))
+        for problem in problems:
+            console.print(str(problem), markup=False, soft_wrap=True)
+        if problems:
+            sys.exit(1)
+        console.print(f"{len(checked)} vertical{'s' if len(checked) != 1 else ''} checked: backups, "
+                      "off-site copies, services and certificates are fine", markup=False, soft_wrap=True)
+        return
     rows = status_mod.status(project, root=Path(root))
     on_host = any(row.service for row in rows)
     with_certificates = any(row.certificate_expires for row in rows)
@@ -362,6 +379,39 @@ def serve(ctx, slug, out):
     console.print(f"Serving {slug} on http://127.0.0.1:{command.port or '?'}/ (Ctrl-C stops)")
     os.chdir(command.cwd)
     os.execve(command.argv[0], command.argv, command.env)
+
+
+@main.command("drill")
+@click.argument("slugs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every vertical generated here or installed under --root.")
+@click.option("--root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="Where the host's files are (/etc/vgen/<slug>.env, /var/lib/<slug>, /srv/vgen).")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def drill_command(ctx, slugs, all_, root, out):
+    """Fetch each vertical's latest off-site backup into a scratch folder and check it:
+    checksum, integrity_check, the row counts recorded at backup time, the app's schema.
+    Nothing live is touched; exit 1 when any copy fails."""
+    from . import drill
+
+    if bool(slugs) == all_:
+        raise click.UsageError("name one or more verticals, or pass --all")
+    try:
+        project = get_project(ctx, out)
+    except VgenError:
+        if ctx.obj["project_dir"] or os.environ.get("VGEN_PROJECT") or out:
+            raise
+        project = None  # on a host: the releases installed under --root
+    results = drill.drill(project, None if all_ else list(slugs), Path(root))
+    if not results:
+        raise VgenError(f"no vertical to drill: none is generated here or installed under {root}")
+    for result in results:
+        console.print(result.line(), markup=False, soft_wrap=True)
+    failed = [r.slug for r in results if not r.verified]
+    if failed:
+        console.print(f"{len(failed)} of {len(results)} failed: {', '.join(failed)}", markup=False, soft_wrap=True)
+        sys.exit(1)
+    console.print(f"{len(results)} verified", markup=False, soft_wrap=True)
 
 
 # Imported here, with the command, so that this block merges on its own.

@@ -232,6 +232,12 @@ def settings_file(slug: str) -> bytes:
 #SMTP_USER=
 #SMTP_PASSWORD=
 #MAIL_FROM=
+#
+# Off-site copies of each nightly backup, through rclone: the remote (defined in
+# /etc/vgen/rclone.conf) and this vertical's folder there. The backup unit needs the
+# network and that config first: `systemctl edit {slug}-backup.service`, as its comments say.
+# `vgen drill {slug}` fetches the latest copy and checks it.
+#BACKUP_OFFSITE=offsite:my-bucket/{slug}
 """.encode()
 
 

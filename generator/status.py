@@ -152,13 +152,71 @@ def health(port: int, timeout: float) -> str:
         return "down"
 
 
+def deployed(project: Project | None, root: Path = Path("/")) -> dict[str, Path]:
+    """The verticals there is something to watch over, each with its app's folder: the
+    apps generated in the project's output folder, and the releases `vgen install` laid
+    under root (root/srv/vgen/<slug>/current). A spec that was never generated is not
+    one of them: it has no data yet."""
+    found: dict[str, Path] = {}
+    srv = Path(root) / "srv/vgen"
+    for current in sorted(srv.glob("*/current")) if srv.is_dir() else []:
+        slug = current.parent.name
+        if spec.SLUG_RE.match(slug) and (current / "app").is_dir():
+            found[slug] = current
+    if project is not None:
+        slugs = set(project.slugs()) | {p.name for p in project.out.glob("*")}
+        for slug in sorted(slugs):
+            app = project.app_dir(slug)
+            if spec.SLUG_RE.match(slug) and (app / render.ANSWERS_FILE).exists():
+                found[slug] = app
+    return dict(sorted(found.items()))
+
+
+def data_dirs(app: Path, slug: str, root: Path = Path("/")) -> list[Path]:
+    """Where the app's DATA_DIR may be, in the order vgen looks: in development the
+    app's instance folder, on a host its systemd state directory."""
+    return [Path(app) / "instance", Path(root) / "var/lib" / slug]
+
+
+def last_record(app: Path, slug: str, root: Path = Path("/")) -> dict:
+    """The record of the app's last `flask --app app backup` run (backups/last.json in
+    the first data folder that has one), or {}."""
+    for data_dir in data_dirs(app, slug, root):
+        try:
+            record = json.loads((data_dir / "backups/last.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict):
+            return record
+    return {}
+
+
+def settings(slug: str, root: Path = Path("/")) -> dict[str, str]:
+    """The vertical's settings file, root/etc/vgen/<slug>.env (systemd's
+    EnvironmentFile= format: KEY=VALUE lines, # comments), as a dict; {} when missing."""
+    try:
+        text = (Path(root) / "etc/vgen" / f"{slug}.env").read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[key] = value
+    return found
+
+
 def last_backup(app: Path, slug: str, root: Path = Path("/")) -> tuple[str, str]:
     """(time, kind) of the app's latest verified backup, or ("", ""): the last good one
     `flask --app app backup` recorded in last.json ("backup"), or a backup migrate or
     restore took first ("pre-migrate", "pre-restore"), whichever is newer. Times are
     UTC, as 2026-11-25T03:17:00Z."""
     found = []
-    for data_dir in (app / "instance", Path(root) / "var/lib" / slug):
+    for data_dir in data_dirs(app, slug, root):
         backups = data_dir / "backups"
         try:
             record = json.loads((backups / "last.json").read_text(encoding="utf-8"))

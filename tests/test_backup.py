@@ -48,6 +48,7 @@ class App:
         self.backups = data_dir / "backups"
         self.env = dict(os.environ, DATA_DIR=str(data_dir))
         self.env.pop("BACKUP_OFFSITE_COMMAND", None)
+        self.env.pop("BACKUP_OFFSITE", None)
 
     def flask(self, *args, env=None) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -273,7 +274,7 @@ def test_offsite_command_gets_the_verified_file(app, tmp_path):
     remote.mkdir()
     path = app.backup(BACKUP_OFFSITE_COMMAND=f"sh -c 'cp \"$0\" {remote}/'")
     assert (remote / path.name).read_bytes() == path.read_bytes()
-    assert app.last()["offsite"]["ok"] is True
+    assert app.last()["offsite_command"]["ok"] is True
 
 
 ROTATE = """

@@ -5,22 +5,35 @@
 backup  takes an online copy of the live database through SQLite's backup API (never a
         file copy: the database is in WAL mode and being written), verifies the copy,
         renames it into DATA_DIR/backups, rotates old backups (7 daily, 4 weekly,
-        12 monthly), runs the optional off-site command and records the run in
-        DATA_DIR/backups/last.json, which `vgen status` reads. Should restore object
-        to the copy (see check_app_database), it is still kept, with a warning.
+        12 monthly), copies it off-site (below) and records the run in
+        DATA_DIR/backups/last.json, which `vgen status` and `vgen drill` read. Should
+        restore object to the copy (see check_app_database), it is still kept, with a
+        warning.
 restore verifies a backup file (with the -wal file beside it, if any) on a private
         copy, brings that copy to the app's current schema (migrate.py), takes a
         safety backup of the current database, then copies it into the live database
         through the backup API: one write transaction, so the app can keep running and
         never sees half a database, nor a schema its code does not expect.
 
-Set BACKUP_OFFSITE_COMMAND (for example `rclone copyto --config /etc/vgen/rclone.conf`
-or `aws s3 cp`) to copy each verified backup elsewhere: the command is split like a
-shell would split it, and the backup file's path is appended as its last argument.
+Off-site copies through rclone: set BACKUP_OFFSITE to an rclone remote path, such as
+`offsite:my-bucket/<slug>`, and RCLONE_CONFIG to the rclone config file that defines the
+remote (rclone reads RCLONE_CONFIG, and any other RCLONE_* flag, from the environment).
+After each verified backup: `rclone copyto` uploads it; `rclone lsjson --hash` lists the
+remote folder, and the uploaded object's checksum must equal the local file's (the
+first hash the remote keeps that Python's hashlib knows; with none, the object is read
+back with `rclone cat`); then the same 7/4/12 rule as here (rotation_drops) deletes the
+remote backups no slot keeps. Any failure fails the run: its record says so, the command
+exits 1 and systemd marks the backup unit failed. last.json keeps the last good
+off-site copy, with its row counts, for `vgen drill`.
+
+Any other tool: set BACKUP_OFFSITE_COMMAND (for example `aws s3 cp`) to copy each
+verified backup elsewhere: the command is split like a shell would split it, and the
+backup file's path is appended as its last argument. Nothing checks what it did.
 """
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -41,7 +54,10 @@ from .db import connect, read_schema
 KEEP_DAILY = 7
 KEEP_WEEKLY = 4
 KEEP_MONTHLY = 12
-OFFSITE_TIMEOUT = 3600  # seconds
+OFFSITE_TIMEOUT = 3600  # seconds, for each command
+RCLONE = "rclone"
+# rclone's names of the hashes a remote may keep -> hashlib's, best first.
+HASHES = {"sha256": "sha256", "sha1": "sha1", "md5": "md5"}
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -72,8 +88,10 @@ def backup_command():
         current_app.config["DATABASE"],
         backup_dir(),
         offsite_command=os.environ.get("BACKUP_OFFSITE_COMMAND", ""),
+        offsite=os.environ.get("BACKUP_OFFSITE", ""),
     )
     if result["error"]:
+        # Exit 1: systemd marks the backup unit failed, cron mails it, vgen status --check says so.
         raise click.ClickException(result["error"])
     click.echo(
         f"Backup verified: {result['file']} ({result['size']} bytes, {rows_in(result['tables'])})"
@@ -82,8 +100,13 @@ def backup_command():
         click.echo(f"Warning: {result['warning']}", err=True)
     if result["removed"]:
         click.echo(f"Rotation removed {len(result['removed'])} old backup(s).")
-    if result["offsite"]:
-        click.echo(f"Off-site copy done: {result['offsite']['command']}")
+    offsite = result["offsite"]
+    if offsite:
+        click.echo(f"Off-site copy verified: {offsite['remote']} ({offsite['checksum']})")
+        if offsite["removed"]:
+            click.echo(f"Off-site rotation removed {len(offsite['removed'])} old backup(s).")
+    if result["offsite_command"]:
+        click.echo(f"Off-site copy done: {result['offsite_command']['command']}")
 
 
 @click.command("restore")
@@ -127,8 +150,12 @@ def schema_tables():
 # -- backup -----------------------------------------------------------------------
 
 
-def run_backup(database, directory, offsite_command="", now=None):
+def run_backup(database, directory, offsite_command="", now=None, offsite=""):
     """Back up, rotate, copy off-site and record the run in last.json; returns the record.
+
+    offsite: an rclone remote path (BACKUP_OFFSITE); offsite_command: any other command
+    (BACKUP_OFFSITE_COMMAND). now: the time the backup is named and rotated by (a test
+    passes its own clock).
 
     Never raises for a failed backup: the error is in the record (and in last.json).
     Never refuses to copy the live data either: what restore would object to in the copy
@@ -144,7 +171,8 @@ def run_backup(database, directory, offsite_command="", now=None):
         "verified": False,
         "tables": {},
         "removed": [],
-        "offsite": None,
+        "offsite": None,  # the rclone copy: see copy_offsite
+        "offsite_command": None,
         "warning": None,
         "error": None,
     }
@@ -156,8 +184,12 @@ def run_backup(database, directory, offsite_command="", now=None):
             record.update(file=str(path), size=path.stat().st_size, verified=True, tables=counts)
             record["warning"] = restore_warning(path, counts, database)
             record["removed"] = [str(p) for p in rotate(directory, Path(database).stem)]
+            if offsite:
+                record["offsite"] = copy_offsite(offsite, path, Path(database).stem)
+                if not record["offsite"]["ok"]:
+                    raise BackupError(record["offsite"]["error"])
             if offsite_command:
-                record["offsite"] = run_offsite(offsite_command, path)
+                record["offsite_command"] = run_offsite(offsite_command, path)
     except (BackupError, sqlite3.Error, OSError) as e:
         record["error"] = f"{'Off-site copy' if record['verified'] else 'Backup'} failed: {e}"
     record["duration_s"] = round(time.monotonic() - started, 3)
@@ -275,41 +307,139 @@ def table_counts(db):
 
 
 def rotate(directory, stem):
-    """Delete the backups that no daily, weekly or monthly slot keeps; returns them.
+    """Delete the backups that no daily, weekly or monthly slot keeps; returns them."""
+    directory = Path(directory)
+    removed = [directory / name for name in rotation_drops([p.name for p in directory.iterdir()], stem)]
+    for path in removed:
+        path.unlink()
+    if removed:
+        fsync_dir(directory)
+    return removed
+
+
+def rotation_drops(names, stem):
+    """The backup names (stem-<time>.db) that no daily, weekly or monthly slot keeps:
+    the one rule for the backups here and off-site. Other names are never dropped.
 
     Each slot (a day, an ISO week, a month) keeps its newest backup, for the 7 newest
     days, 4 newest weeks and 12 newest months that have one.
     """
     pattern = re.compile(rf"^{re.escape(stem)}-(\d{{8}}T\d{{6}}Z)(-\d+)?\.db$")
     backups = []
-    for path in Path(directory).iterdir():
-        match = pattern.match(path.name)
+    for name in names:
+        match = pattern.match(name)
         if match:
             taken = datetime.datetime.strptime(match.group(1), STAMP_FORMAT)
-            backups.append((taken, path.name, path))
+            backups.append((taken, name))
+    if not backups:
+        return []
     backups.sort(reverse=True)
     # Every backup of the last day stays too: a manual backup taken before some risky
     # change must not make the same night's backup disappear.
-    keep = {path for taken, _, path in backups if backups[0][0] - taken < datetime.timedelta(days=1)}
+    keep = {name for taken, name in backups if backups[0][0] - taken < datetime.timedelta(days=1)}
     for bucket, count in (
         (lambda t: t.date(), KEEP_DAILY),
         (lambda t: t.isocalendar()[:2], KEEP_WEEKLY),
         (lambda t: (t.year, t.month), KEEP_MONTHLY),
     ):
         seen = []
-        for taken, _, path in backups:  # newest first: each bucket keeps its newest
+        for taken, name in backups:  # newest first: each bucket keeps its newest
             key = bucket(taken)
             if key not in seen:
                 if len(seen) == count:
                     break
                 seen.append(key)
-                keep.add(path)
-    removed = [path for _, _, path in backups if path not in keep]
-    for path in removed:
-        path.unlink()
-    if removed:
-        fsync_dir(directory)
-    return removed
+                keep.add(name)
+    return [name for _, name in backups if name not in keep]
+
+
+# -- off-site ---------------------------------------------------------------------
+
+
+def copy_offsite(remote, path, stem):
+    """Upload the backup at path into the rclone remote folder, check its checksum there,
+    then drop the remote backups the 7/4/12 rule no longer keeps. Returns the outcome
+    (ok, error, remote, checksum, removed); never raises."""
+    folder = remote.rstrip("/")
+    target = f"{folder}/{path.name}"
+    outcome = {"ok": False, "error": None, "remote": target, "checksum": None, "removed": []}
+    try:
+        # Each backup has a name of its own: no need to ask whether it is there already.
+        rclone("copyto", "--no-check-dest", str(path), target)
+        listing = {
+            item["Name"]: item
+            for item in json.loads(rclone("lsjson", "--hash", "--files-only", folder) or "[]")
+        }
+        if path.name not in listing:
+            raise BackupError(f"{target} is not there after the upload")
+        outcome["checksum"] = check_uploaded(path, target, listing[path.name].get("Hashes") or {})
+        for name in rotation_drops(listing, stem):
+            rclone("deletefile", f"{folder}/{name}")
+            outcome["removed"].append(name)
+        outcome["ok"] = True
+    except (BackupError, OSError, ValueError) as e:
+        outcome["error"] = f"{target}: {e}"
+    return outcome
+
+
+def check_uploaded(path, target, hashes):
+    """Compare the local file's checksum with the one the remote keeps for target;
+    returns "kind:hex". Without a hash both know, the object is read back."""
+    for kind in HASHES:
+        if hashes.get(kind):
+            local = file_hash(path, kind)
+            if hashes[kind].lower() != local:
+                raise BackupError(f"the checksum differs after the upload: {kind} {local} here, {hashes[kind]} there")
+            return f"{kind}:{local}"
+    digest = hashlib.sha256()
+    with subprocess.Popen([RCLONE, "cat", target], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          env=rclone_environment()) as reader:
+        for chunk in iter(lambda: reader.stdout.read(1 << 20), b""):
+            digest.update(chunk)
+    local = file_hash(path, "sha256")
+    if reader.returncode != 0 or digest.hexdigest() != local:
+        raise BackupError(f"the copy read back from {target} differs from the backup (sha256)")
+    return f"sha256:{local}"
+
+
+def file_hash(path, kind):
+    digest = hashlib.new(HASHES[kind])
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def rclone_environment():
+    """The environment rclone runs with: this one, with the unit's credential
+    rclone.conf as RCLONE_CONFIG when that is not set."""
+    env = dict(os.environ)
+    credential = Path(env.get("CREDENTIALS_DIRECTORY", "/nonexistent"), "rclone.conf")
+    if not env.get("RCLONE_CONFIG") and credential.is_file():
+        env["RCLONE_CONFIG"] = str(credential)
+    return env
+
+
+def rclone(*args):
+    """Run `rclone ARGS` (its config and flags from RCLONE_* in the environment);
+    returns its output. Raises BackupError when it fails or takes too long.
+
+    Under systemd, the config may come as the unit's credential rclone.conf
+    (LoadCredential=, see deploy/<slug>-backup.service) when RCLONE_CONFIG is not set.
+    """
+    try:
+        done = subprocess.run(
+            [RCLONE, *args], capture_output=True, text=True, timeout=OFFSITE_TIMEOUT, check=False,
+            env=rclone_environment(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BackupError(f"rclone {args[0]}: {e}") from e
+    if done.returncode != 0:
+        output = [line for line in done.stderr.strip().splitlines() if line.strip()][-2:]
+        raise BackupError(
+            f"rclone {args[0]} exited with {done.returncode}: {' / '.join(output) or 'no output'}"
+        )
+    return done.stdout
 
 
 def run_offsite(command, path):
@@ -340,6 +470,15 @@ def write_last(directory, record):
         record["last_good"] = {k: record[k] for k in ("time", "file", "size")}
     else:
         record["last_good"] = previous.get("last_good")
+    # The last verified off-site copy, with the row counts `vgen drill` checks it by.
+    offsite = record.get("offsite")
+    if offsite and offsite["ok"]:
+        record["last_offsite"] = {
+            "time": record["time"], "remote": offsite["remote"], "checksum": offsite["checksum"],
+            "size": record["size"], "tables": record["tables"],
+        }
+    else:
+        record["last_offsite"] = previous.get("last_offsite")
     try:
         make_private_dir(directory)
         tmp = path.with_name(".tmp-last.json")
