@@ -54,7 +54,10 @@ TYPE_KEYS = {
     "choice": {"choices"},
     "ref": {"to", "on_delete"},
 }
-SPEC_KEYS = {"slug", "name", "tagline", "domain", "verify_email", "entities"}
+SPEC_KEYS = {"slug", "name", "tagline", "domain", "verify_email", "landing", "entities"}
+# The optional [landing] table: the public home page's words (template/app/templates/main/home.html).
+LANDING_KEYS = {"headline", "description", "points", "price", "call_to_action"}
+LANDING_POINTS = 6
 ENTITY_KEYS = {"name", "label", "plural", "title_field", "list", "search", "fields", "renamed_from"}
 
 STRING_MAX_LENGTH = 200
@@ -165,6 +168,9 @@ class Vertical:
     tagline: str = ""
     domain: str = ""
     verify_email: bool = True  # a sign-up opens a link mailed to its address first
+    # The [landing] table, normalized: headline, description, price, call_to_action
+    # ("" when absent) and points (a list).
+    landing: dict = dataclasses.field(default_factory=dict)
 
     def entity(self, name: str) -> Entity:
         return next(e for e in self.entities if e.name == name)
@@ -214,7 +220,7 @@ class Vertical:
         hour, minute = backup_time(self.slug)
         return {
             "slug": self.slug, "name": self.name, "tagline": self.tagline,
-            "domain": self.domain, "verify_email": self.verify_email, "port": port,
+            "domain": self.domain, "verify_email": self.verify_email, "landing": self.landing, "port": port,
             "backup_hour": hour, "backup_minute": minute, "entities": entities,
         }
 
@@ -361,6 +367,7 @@ class _Validator:
         if not isinstance(verify_email, bool):
             self.error("", '"verify_email" must be true or false')
             verify_email = True
+        landing = self.landing(data.get("landing", {}))
 
         raw_entities = data.get("entities")
         if raw_entities is None:
@@ -388,7 +395,32 @@ class _Validator:
         if len(self.problems) > start:
             return None
         return Vertical(slug=slug, name=name, entities=tuple(entities),
-                        tagline=tagline, domain=domain, verify_email=verify_email)
+                        tagline=tagline, domain=domain, verify_email=verify_email, landing=landing)
+
+    def landing(self, raw) -> dict:
+        """The [landing] table: every key optional, each a line of text; points a list
+        of up to LANDING_POINTS of them."""
+        where = "[landing]"
+        if not isinstance(raw, dict):
+            self.error("", "landing must be a table ([landing])")
+            return {}
+        self.unknown_keys(where, raw, LANDING_KEYS, "[landing]")
+        landing = {
+            "headline": self.text(where, raw, "headline", limit=120) or "",
+            "description": self.text(where, raw, "description", limit=300) or "",
+            "price": self.text(where, raw, "price", limit=120) or "",
+            "call_to_action": self.text(where, raw, "call_to_action", limit=40) or "",
+            "points": [],
+        }
+        points = raw.get("points", [])
+        if not isinstance(points, list) or len(points) > LANDING_POINTS:
+            self.error(where, f'"points" must be a list of at most {LANDING_POINTS} lines of text')
+            return landing
+        for i, point in enumerate(points):
+            text = self.text(f"{where} point {i + 1}", {"point": point}, "point", limit=200)
+            if text:
+                landing["points"].append(text)
+        return landing
 
     # Entities -------------------------------------------------------------------------
 

@@ -188,15 +188,22 @@ def wait_for(url: str, timeout: float = 30) -> tuple[int, bytes]:
 def gunicorn(app_dir: Path, data_dir: Path | None = None, python=sys.executable, extra=()):
     """Run the app under gunicorn with its generated config; yield the process."""
     migrate(app_dir, data_dir, python)
-    log = open(app_dir.parent / f"{app_dir.name}-gunicorn.log", "w")
-    proc = subprocess.Popen([python, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra],
-                            cwd=app_dir, env=app_env(app_dir, data_dir), stdout=log, stderr=subprocess.STDOUT)
+    with running([python, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra],
+                 app_dir.parent / f"{app_dir.name}-gunicorn.log", cwd=app_dir, env=app_env(app_dir, data_dir)) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def running(argv, log: Path, **kwargs):
+    """A server process for the duration of the block, its output in log."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
     try:
         yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
+            proc.wait()

@@ -220,6 +220,16 @@ def test_customer_flow_in_a_real_browser(browser_page):
     page.screenshot(path=ARTIFACTS / "batch-list-phone.png", full_page=True)
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the list page is {overflow}px wider than a phone screen"
+    # Each record is a card, its values under their labels; no table scrolls sideways.
+    assert page.evaluate("getComputedStyle(document.querySelector('#batch-records tbody tr')).display") == "block"
+    wrap = page.evaluate("(() => { const w = document.querySelector('.table-wrap'); return w.scrollWidth - w.clientWidth; })()")
+    assert wrap <= 0, f"the list's table scrolls {wrap}px sideways on a phone"
+    # The sections fold into a menu that opens without JavaScript.
+    expect(nav.get_by_role("link", name="Aging rooms")).to_be_hidden()
+    page.locator("label.menu-button").click()
+    expect(nav.get_by_role("link", name="Aging rooms")).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "menu-phone.png", full_page=True)
+    page.locator("label.menu-button").click()
     page.set_viewport_size(DESKTOP)
 
     # Live search: htmx swaps the table in place; the page is never reloaded.
@@ -273,6 +283,7 @@ def test_customer_flow_in_a_real_browser(browser_page):
     expect(contact.locator("p.error")).to_be_visible()
     expect(page.get_by_label("Wheels")).to_have_value("-3")
     expect(page.get_by_label("Wheels")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Contact")).to_be_focused()  # the first invalid field
     # A required field's label ends with an asterisk; an optional one's does not.
     after = "(f) => getComputedStyle(document.querySelector(`label[for=${f}]`), '::after').content"
     assert page.evaluate(after, "code") == '" *"'

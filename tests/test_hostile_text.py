@@ -96,9 +96,9 @@ def test_a_browser_shows_the_texts_literally(hostile_app, project, tmp_path):
             page = browser.new_page(base_url=base)
             page.set_default_timeout(10_000)
             page.goto("/")
-            assert page.locator("h1").inner_text() == HOSTILE
-            assert page.locator(".tagline").inner_text() == HOSTILE
-            assert page.title() == "Welcome · " + HOSTILE
+            assert page.locator("h1").inner_text() == HOSTILE  # the tagline, as the headline
+            assert page.locator(".hero .brand-name").inner_text() == HOSTILE  # the name
+            assert page.title() == HOSTILE + " · " + HOSTILE
 
             page.goto("/signup")
             page.fill("#account", "Hostile texts")

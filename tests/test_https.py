@@ -41,27 +41,11 @@ from click.testing import CliRunner
 from generator import certs, cli
 from generator.install import install
 
-from conftest import generate, render_app, sample_answers, write_spec
+from conftest import generate, render_app, running, sample_answers, write_spec
 from test_deploy import NGINX, deny_write_execute, free_port, nginx_conf, wait_for
 from test_stats import wait_listening
 
 DOMAIN = "sample.example.com"
-
-
-@contextmanager
-def running(argv, log: Path, **kwargs):
-    """A server process for the duration of the block, its output in log."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def make_tls_cert(folder: Path) -> Path:

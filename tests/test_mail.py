@@ -133,6 +133,19 @@ def test_signup_and_reset_mails_arrive_by_smtp_and_their_links_work_once(served)
     assert "owner@example.com" not in owner.open("/")[2]  # the other session ended
     assert press(Browser(base), link, {"password": "x" * 12, "confirm": "x" * 12})[0] == 410
 
+    # The owner (logged in again by the reset) invites a colleague: the invitation too
+    # goes by SMTP, and its link works once.
+    status, _, page = stranger.open("/team")
+    status, _, page = stranger.post_form("/team", page, {"email": "ed@example.com", "role": "editor"})
+    assert status == 200 and "Invitation sent to ed@example.com" in page
+    mail = inbox.last("ed@example.com")
+    assert mail["Subject"] == "Join Acme" and "as editor" in mail.get_content()
+    link = inbox.link("ed@example.com", base)
+    ed = Browser(base)
+    status, url, page = press(ed, link, {"password": PASSWORD, "confirm": PASSWORD})
+    assert status == 200 and url == base + "/" and "ed@example.com" in page
+    assert press(Browser(base), link, {"password": PASSWORD, "confirm": PASSWORD})[0] == 410
+
 
 def test_known_and_unknown_addresses_get_the_same_answer_in_about_the_same_time(served, capsys):
     base, inbox, data_dir = served

@@ -51,8 +51,8 @@ def outbox_dir(config):
 
 
 def link(endpoint, **values):
-    """The absolute URL of a view, for a mail: BASE_URL + the path, or else the host
-    this request came to."""
+    """The absolute URL of a view, for a mail (or a page's canonical and Open Graph
+    links, the sitemap): BASE_URL + the path, or else the host this request came to."""
     base = current_app.config["BASE_URL"]
     if base:
         return base.rstrip("/") + url_for(endpoint, **values)

@@ -19,6 +19,9 @@ NAME = _SPEC["name"]
 TAGLINE = _SPEC["tagline"]
 # Whether a sign-up must open a link mailed to its address (the spec's verify_email).
 VERIFY_EMAIL = _SPEC["verify_email"]
+# The public home page's words (the spec's [landing]): headline, description, price,
+# call_to_action ("" when not given: the page has defaults) and points (a list).
+LANDING = _SPEC["landing"]
 
 # The entities by name, in the spec's order; each with its fields by name, in order:
 # ENTITIES["batch"]["label"], ENTITIES["batch"]["fields"]["made_on"]["label"].

@@ -11,7 +11,7 @@ from conftest import PASSWORD, AuthActions, forget_mail_requests, invite, link_i
 
 # Routes anyone may use, logged in or not.
 PUBLIC = {
-    "static", "main.index", "main.healthz", "auth.signup", "auth.login", "auth.logout",
+    "static", "main.index", "main.healthz", "main.robots", "main.sitemap", "auth.signup", "auth.login", "auth.logout",
     "tokens.verify", "tokens.forgot", "tokens.reset", "team.join",
 }
 # Who may use each logged-in route (endpoint, method): "member" (any role), "editor"
