@@ -84,9 +84,11 @@ def plan(project: Project, slugs: list[str], only_host: str | None = None) -> tu
     return fleet, by_host
 
 
-def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]]) -> list[Staged]:
-    """Lay each host's verticals under its staging root and pack the bundle."""
-    build = project.root / BUILD
+def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]],
+          build: Path | None = None) -> list[Staged]:
+    """Lay each host's verticals under its staging root and pack the bundle (under
+    build/HOST, build/deploy by default)."""
+    build = build or project.root / BUILD
     staged = []
     for name, slugs in by_host.items():
         root = build / name / "root"
@@ -128,23 +130,63 @@ def _pack(root: Path, bundle: Path) -> None:
         gz.write(raw.getvalue())
 
 
+def host_vars(s: Staged, build: Path) -> dict:
+    """A staged host's inventory entry: how to reach it, and what its bundle brings."""
+    return {
+        **reach_vars(s.host),
+        "vgen_bundle": str(s.bundle),
+        "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
+        "vgen_verticals": s.slugs,
+        "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
+        "vgen_results": str(build / s.host.name / "activated.txt"),
+    }
+
+
+def reach_vars(host: placement.Host) -> dict:
+    """How Ansible reaches a host of hosts.toml."""
+    return {"ansible_host": host.address, "ansible_user": host.user,
+            "ansible_python_interpreter": "/usr/bin/python3", **host.vars}
+
+
+def reach_tasks() -> list[dict]:
+    """Fail the play, by the host's name, when it cannot be reached."""
+    return [
+        # An unreachable host would only be left out of the play; the rollout stops there.
+        {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
+         "register": "reached"},
+        {"name": "Stop the rollout at a host that cannot be reached",
+         "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
+         "when": "reached.unreachable | default(false)"},
+    ]
+
+
+def lay_tasks() -> list[dict]:
+    """The tasks that reach a host and lay its bundle (vgen_bundle) under / once."""
+    return [
+        *reach_tasks(),
+        {"name": "A folder for the bundles",
+         "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
+        {"name": "A folder for the settings files",
+         "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
+        {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
+         "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
+                                  "mode": "0600"}},
+        {"name": "Lay it under /",
+         "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
+                                       "remote_src": True,
+                                       "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
+         "when": "not ansible_check_mode"},
+        {"name": "Remember it is laid",
+         "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
+                                  "mode": "0600"}},
+    ]
+
+
 def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tuple[Path, Path]:
     """build/deploy/inventory.yml and playbook.yml for the staged hosts."""
     build = project.root / BUILD
     build.mkdir(parents=True, exist_ok=True)
-    hosts = {}
-    for s in staged:
-        hosts[s.host.name] = {
-            "ansible_host": s.host.address,
-            "ansible_user": s.host.user,
-            "ansible_python_interpreter": "/usr/bin/python3",
-            **s.host.vars,
-            "vgen_bundle": str(s.bundle),
-            "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
-            "vgen_verticals": s.slugs,
-            "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
-            "vgen_results": str(build / s.host.name / "activated.txt"),
-        }
+    hosts = {s.host.name: host_vars(s, build) for s in staged}
     inventory = build / "inventory.yml"
     inventory.write_text("# Written by vgen deploy from hosts.toml and ports.toml; regenerated each time.\n"
                          + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
@@ -156,27 +198,7 @@ def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tu
         "max_fail_percentage": 0,
         "gather_facts": False,
         "tasks": [
-            # An unreachable host would only be left out of the play; the rollout stops there.
-            {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
-             "register": "reached"},
-            {"name": "Stop the rollout at a host that cannot be reached",
-             "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
-             "when": "reached.unreachable | default(false)"},
-            {"name": "A folder for the bundles",
-             "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
-            {"name": "A folder for the settings files",
-             "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
-            {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
-             "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
-                                      "mode": "0600"}},
-            {"name": "Lay it under /",
-             "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
-                                           "remote_src": True,
-                                           "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
-             "when": "not ansible_check_mode"},
-            {"name": "Remember it is laid",
-             "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
-                                      "mode": "0600"}},
+            *lay_tasks(),
             {"name": "Each vertical's settings file, once (then it is the admin's)",
              "ansible.builtin.copy": {"content": "{{ vgen_settings[item] }}",
                                       "dest": "/etc/vgen/{{ item }}.env", "mode": "0600", "force": False},
@@ -211,31 +233,42 @@ def run(project: Project, staged: list[Staged], inventory: Path, playbook: Path,
     """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
     for s in staged:
         (project.root / BUILD / s.host.name / "activated.txt").unlink(missing_ok=True)
-    # ansible-core installs ansible-playbook beside vgen's own Python, which may not be on PATH.
-    ansible = shutil.which("ansible-playbook") or shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
-    if ansible is None:
-        raise VgenError("vgen deploy runs ansible-playbook, which is not installed: pip install 'vgen[deploy]' "
-                        "(or ansible-core)")
-    command = [ansible, "-i", str(inventory), str(playbook)]
-    if check:
-        command.append("--check")
-    if diff:
-        command.append("--diff")
-    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    options = (["--check"] if check else []) + (["--diff"] if diff else [])
+    status, recap = ansible_playbook(inventory, playbook, *options)
+    outcomes = []
+    for s in staged:
+        said = _said(project.root / BUILD / s.host.name / "activated.txt")
+        for slug in s.slugs:
+            outcomes.append(Outcome(s.host.name, slug, s.releases[slug], said.get(slug, "not reached")))
+    return status, outcomes, recap
+
+
+def ansible(program: str) -> str:
+    """The path of an Ansible program (ansible-playbook, ansible)."""
+    # ansible-core installs its programs beside vgen's own Python, which may not be on PATH.
+    found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise VgenError(f"vgen runs {program}, which is not installed: pip install 'vgen[deploy]' (or ansible-core)")
+    return found
+
+
+def ansible_env() -> dict[str, str]:
+    return dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
+                ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
+
+
+def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
+    """Run ansible-playbook; (exit status, its recap preceded by the lines that say why
+    a host failed or could not be reached)."""
+    command = [ansible("ansible-playbook"), "-i", str(inventory), str(playbook), *options]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=ansible_env())
     output = done.stdout + done.stderr
     recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
     # Why a host failed or could not be reached: Ansible's own lines, before the recap.
     fatal = [line[:2000] for line in output.splitlines() if line.startswith(("fatal:", "failed:"))]
     if fatal:
         recap = "\n".join(fatal) + "\n" + recap
-    outcomes = []
-    for s in staged:
-        said = _said(project.root / BUILD / s.host.name / "activated.txt")
-        for slug in s.slugs:
-            outcomes.append(Outcome(s.host.name, slug, s.releases[slug], said.get(slug, "not reached")))
-    return done.returncode, outcomes, recap
+    return done.returncode, recap
 
 
 def _said(path: Path) -> dict[str, str]:
