@@ -265,7 +265,12 @@ def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[in
     output = done.stdout + done.stderr
     recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
     # Why a host failed or could not be reached: Ansible's own lines, before the recap.
-    fatal = [line[:2000] for line in output.splitlines() if line.startswith(("fatal:", "failed:"))]
+    # (A result Ansible prints over several lines runs on to the next blank line.)
+    fatal, block = [], False
+    for line in output.splitlines():
+        block = line.startswith(("fatal:", "failed:")) or (block and bool(line.strip()))
+        if block:
+            fatal.append(line[:2000])
     if fatal:
         recap = "\n".join(fatal) + "\n" + recap
     return done.returncode, recap
