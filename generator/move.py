@@ -13,8 +13,9 @@ run again without vgen:
    their requests, the socket and service stop. Then the backup unit takes a verified
    backup (`flask --app app backup`), and Ansible fetches it, with the app's secret key
    (sessions stay valid) and its settings file, to build/move/SLUG/.
-3. move.yml, on the new host: the backup is restored (`flask --app app restore`, which
-   verifies the file and the restored row counts), the rows are compared with the
+3. move.yml, on the new host: the backup is restored (`flask --app app restore
+   --keep-sessions`, which verifies the file and the restored row counts, and keeps the
+   logins: no one has to log in again), the rows are compared with the
    backup's, the secret key and settings are put in place, the socket starts,
    /healthz must answer through the socket and then through nginx, whose site is
    enabled last.
@@ -208,8 +209,10 @@ def write_playbooks(build: Path, staged: deploy.Staged, source: placement.Host, 
         {"name": "Bring the settings file",
          "ansible.builtin.copy": {"src": "{{ vgen_carry }}/settings.env", "dest": f"/etc/vgen/{slug}.env", "mode": "0600"},
          "when": "(vgen_carry ~ '/settings.env') is file"},
+        # The very database, carried: its logins stay valid (restore ends them otherwise).
         {"name": "Restore it (flask --app app restore: verifies the file and the restored rows)",
-         "ansible.builtin.command": f"{as_app} restore /var/lib/{slug}/backups/{moved_name}", "register": "restored"},
+         "ansible.builtin.command": f"{as_app} restore --keep-sessions /var/lib/{slug}/backups/{moved_name}",
+         "register": "restored"},
         {"name": "Every row of the backup arrived",
          "ansible.builtin.assert": {"that": f"restored.stdout is search('\\\\(' ~ ({rows}) ~ ' rows? in ')",
                                     "fail_msg": f"restore says {{{{ restored.stdout }}}}; the backup had "
