@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -177,18 +178,20 @@ def remote_service_states(fleet: placement.Fleet, slugs: list[str], build: Path)
     inventory = build / "inventory.yml"
     inventory.write_text("# Written by vgen status from hosts.toml; regenerated each time.\n"
                          + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
-    env = dict(deploy.ansible_env(), ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json")
+    # --tree (ansible-core's own tree callback): one JSON file per host with its result,
+    # unreachable or not.
+    tree = build / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
     done = subprocess.run([deploy.ansible("ansible"), "all", "-i", str(inventory), "--forks", str(len(hosts)),
-                           "-m", "ansible.builtin.command",
+                           "--tree", str(tree), "-m", "ansible.builtin.command",
                            "-a", "systemctl show --property=Id,ActiveState,Result,LoadState {{ vgen_units }}"],
-                          capture_output=True, text=True, env=env, check=False)
-    try:
-        said = json.loads(done.stdout[done.stdout.index("{"):])["plays"][0]["tasks"][0]["hosts"]
-    except (ValueError, KeyError, IndexError):
-        raise VgenError(f"ansible could not read the hosts' state:\n{(done.stdout + done.stderr)[-2000:]}") from None
+                          capture_output=True, text=True, env=deploy.ansible_env(), check=False)
     states = {}
     for name in hosts:
-        result = said.get(name, {})
+        try:
+            result = json.loads((tree / name).read_text())
+        except (OSError, ValueError):
+            raise VgenError(f"ansible could not read {name}'s state:\n{(done.stdout + done.stderr)[-2000:]}") from None
         on_host = fleet.verticals_on(name, slugs)
         if result.get("unreachable") or "stdout" not in result:
             states.update({slug: "unreachable" for slug in on_host})
