@@ -40,6 +40,7 @@ import yaml
 from . import install as installing
 from . import placement
 from .errors import VgenError
+from .fsutil import atomic_write_text
 from .project import Project
 
 BUILD = Path("build/deploy")
@@ -92,20 +93,52 @@ def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]
     staged = []
     for name, slugs in by_host.items():
         root = build / name / "root"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
         wheels = installing.wheels_for(slugs, root, project.out)
+        # The staging root of the last deploy is laid again: install rewrites only what
+        # changed (a no-change deploy writes nothing), then whatever it did not lay this
+        # time (an older release, a vertical placed elsewhere since) is taken out.
         installed = installing.install(slugs, root, project.out, wheels)
-        bundle = build / name / "bundle.tar.gz"
-        _pack(root, bundle)
-        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
-        named = bundle.with_name(f"bundle-{digest}.tar.gz")
-        for old in bundle.parent.glob("bundle-*.tar.gz"):
-            if old != named:
-                old.unlink()
-        os.replace(bundle, named)
-        staged.append(Staged(fleet.hosts[name], slugs, named, installed.releases))
+        _prune(root, {laid.path for laid in installed.laid if laid.status != "removed"})
+        staged.append(Staged(fleet.hosts[name], slugs, _bundle(root, build / name), installed.releases))
     return staged
+
+
+def _bundle(root: Path, folder: Path) -> Path:
+    """folder/bundle-DIGEST.tar.gz of the staging root: packed again only when a file
+    under root changed since the last one was packed (packed.txt records which tree)."""
+    tree = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        tree.update(f"{path.relative_to(root)}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    packed = folder / "packed.txt"
+    try:
+        fingerprint, name = packed.read_text().split()
+        if fingerprint == tree.hexdigest() and (folder / name).is_file():
+            return folder / name
+    except (OSError, ValueError):
+        pass
+    bundle = folder / "bundle.tar.gz"
+    _pack(root, bundle)
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
+    named = bundle.with_name(f"bundle-{digest}.tar.gz")
+    for old in folder.glob("bundle-*.tar.gz"):
+        if old != named:
+            old.unlink()
+    os.replace(bundle, named)
+    atomic_write_text(packed, f"{tree.hexdigest()} {named.name}\n")
+    return named
+
+
+def _prune(root: Path, kept: set[Path]) -> None:
+    """Remove from root every file and link not in kept, then the folders left empty."""
+    for folder, dirs, names in os.walk(root, topdown=False):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = Path(folder) / name
+            if path not in kept:
+                path.unlink()
+        if Path(folder) != root and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
 
 
 def _pack(root: Path, bundle: Path) -> None:
@@ -175,10 +208,11 @@ def lay_tasks() -> list[dict]:
          "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
                                        "remote_src": True,
                                        "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
-         "when": "not ansible_check_mode"},
+         "register": "unpacked", "when": "not ansible_check_mode"},
         {"name": "Remember it is laid",
          "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
-                                  "mode": "0600"}},
+                                  "mode": "0600"},
+         "when": "unpacked is changed"},
     ]
 
 
@@ -199,10 +233,16 @@ def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tu
         "gather_facts": False,
         "tasks": [
             *lay_tasks(),
+            # One round trip to list them, so that a deploy with every file in place
+            # loops over nothing.
+            {"name": "The settings files in place",
+             "ansible.builtin.shell": "ls /etc/vgen 2>/dev/null || true", "register": "settings_files",
+             "changed_when": False, "check_mode": False},
             {"name": "Each vertical's settings file, once (then it is the admin's)",
              "ansible.builtin.copy": {"content": "{{ vgen_settings[item] }}",
                                       "dest": "/etc/vgen/{{ item }}.env", "mode": "0600", "force": False},
-             "loop": "{{ vgen_verticals }}"},
+             "loop": "{{ vgen_verticals | reject('in', settings_files.stdout_lines | map('replace', '.env', '') "
+                     "| list) | list }}"},
             {"name": "The releases in service now",
              "ansible.builtin.shell": "for s in {{ vgen_verticals | join(' ') }}; do "
                                       "echo \"$s $(readlink /srv/vgen/$s/current 2>/dev/null | sed 's|releases/||')\"; done",
@@ -254,7 +294,10 @@ def ansible(program: str) -> str:
 
 def ansible_env() -> dict[str, str]:
     return dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
-                ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
+                ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+                # One SSH round trip per task instead of several (hosts log in as root,
+                # so no sudo requiretty stands in the way).
+                ANSIBLE_PIPELINING=os.environ.get("ANSIBLE_PIPELINING", "True"))
 
 
 def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
