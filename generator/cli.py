@@ -243,7 +243,8 @@ def ports_check(ctx):
 def status(ctx, out, check, root):
     """One row per vertical: port, template version, drift, health, last good backup, and
     on a host where `vgen install` put it, its state under systemd and when its HTTPS
-    certificate expires.
+    certificate expires. With hosts.toml: the host each lives on, its state there (over
+    SSH) and its health through that host's nginx.
 
     With --check: a line for each vertical whose last verified backup is older than 26
     hours, whose last backup run or off-site copy failed or is missing, whose service
@@ -263,15 +264,18 @@ def status(ctx, out, check, root):
     rows = status_mod.status(project, root=Path(root))
     on_host = any(row.service for row in rows)
     with_certificates = any(row.certificate_expires for row in rows)
+    hosts = any(row.host != "local" for row in rows)  # hosts.toml places them
     table = Table(show_edge=False, box=None, pad_edge=False)
-    for column in ("vertical", "port", "template", "spec", "hand edits", "health", "last backup"):
+    for column in ("vertical", *(["host"] if hosts else []), "port", "template", "spec", "hand edits", "health",
+                   "last backup"):
         table.add_column(column)
     if on_host:
         table.add_column("service")
     if with_certificates:
         table.add_column("certificate expires")
     yes_no = {True: "yes", False: "no", None: "-"}
-    service_style = {"active": "green", "idle": "green", "failed": "red", "stopped": "yellow"}
+    service_style = {"active": "green", "idle": "green", "failed": "red", "stopped": "yellow",
+                     "unreachable": "red", "not installed": "yellow"}
     for row in rows:
         template = row.template or "[yellow]not generated[/yellow]"
         if row.template and not row.template_current:
@@ -279,7 +283,8 @@ def status(ctx, out, check, root):
         spec_state = {True: "[yellow]changed[/yellow]", False: "same", None: "-"}[row.spec_changed]
         health = f"[green]{row.health}[/green]" if row.health in ("ok", "idle") else f"[red]{row.health}[/red]"
         backup = f"{row.last_backup} ({row.last_backup_kind})" if row.last_backup else "-"
-        cells = [row.slug, str(row.port or "-"), template, spec_state, yes_no[row.hand_edits], health, backup]
+        cells = [row.slug, *([row.host] if hosts else []), str(row.port or "-"), template, spec_state,
+                 yes_no[row.hand_edits], health, backup]
         if on_host:
             style = service_style.get(row.service, "")
             cells.append(f"[{style}]{row.service}[/{style}]" if style else row.service or "-")
@@ -366,6 +371,26 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
     console.print(f"Inventory and playbook: {escape(str(inventory))}, {escape(str(playbook))}")
     if status != 0:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("slug")
+@click.argument("host")
+@click.option("--out", type=click.Path(file_okay=False), help="Where apps are (default: apps/ or $VGEN_OUT).")
+@click.pass_context
+def move(ctx, slug, host, out):
+    """Move SLUG, with its data, to HOST of hosts.toml: stop writes on the old host, carry
+    a verified backup over, restore, check health, serve, then retire the old copy; the
+    Ansible files are in build/move/SLUG/."""
+    from . import move as moving
+
+    project = get_project(ctx, out)
+    moved = moving.move(project, slug, host, say=lambda text: console.print(escape(text), soft_wrap=True))
+    console.print(escape(f"{slug}: release {moved.release} serves on {moved.target.name} ({moved.target.address}); "
+                         f"{moved.restored}"), soft_wrap=True)
+    console.print(escape(f"{moved.source.name} no longer serves {slug}; it keeps its data and settings in "
+                         f"{moved.retired} until you remove them. Point {slug}'s DNS name at "
+                         f"{moved.target.address}."), soft_wrap=True)
 
 
 @main.command()

@@ -40,6 +40,7 @@ import yaml
 from . import install as installing
 from . import placement
 from .errors import VgenError
+from .fsutil import atomic_write_text
 from .project import Project
 
 BUILD = Path("build/deploy")
@@ -84,26 +85,60 @@ def plan(project: Project, slugs: list[str], only_host: str | None = None) -> tu
     return fleet, by_host
 
 
-def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]]) -> list[Staged]:
-    """Lay each host's verticals under its staging root and pack the bundle."""
-    build = project.root / BUILD
+def stage(project: Project, fleet: placement.Fleet, by_host: dict[str, list[str]],
+          build: Path | None = None) -> list[Staged]:
+    """Lay each host's verticals under its staging root and pack the bundle (under
+    build/HOST, build/deploy by default)."""
+    build = build or project.root / BUILD
     staged = []
     for name, slugs in by_host.items():
         root = build / name / "root"
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
         wheels = installing.wheels_for(slugs, root, project.out)
+        # The staging root of the last deploy is laid again: install rewrites only what
+        # changed (a no-change deploy writes nothing), then whatever it did not lay this
+        # time (an older release, a vertical placed elsewhere since) is taken out.
         installed = installing.install(slugs, root, project.out, wheels)
-        bundle = build / name / "bundle.tar.gz"
-        _pack(root, bundle)
-        digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
-        named = bundle.with_name(f"bundle-{digest}.tar.gz")
-        for old in bundle.parent.glob("bundle-*.tar.gz"):
-            if old != named:
-                old.unlink()
-        os.replace(bundle, named)
-        staged.append(Staged(fleet.hosts[name], slugs, named, installed.releases))
+        _prune(root, {laid.path for laid in installed.laid if laid.status != "removed"})
+        staged.append(Staged(fleet.hosts[name], slugs, _bundle(root, build / name), installed.releases))
     return staged
+
+
+def _bundle(root: Path, folder: Path) -> Path:
+    """folder/bundle-DIGEST.tar.gz of the staging root: packed again only when a file
+    under root changed since the last one was packed (packed.txt records which tree)."""
+    tree = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        tree.update(f"{path.relative_to(root)}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    packed = folder / "packed.txt"
+    try:
+        fingerprint, name = packed.read_text().split()
+        if fingerprint == tree.hexdigest() and (folder / name).is_file():
+            return folder / name
+    except (OSError, ValueError):
+        pass
+    bundle = folder / "bundle.tar.gz"
+    _pack(root, bundle)
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]
+    named = bundle.with_name(f"bundle-{digest}.tar.gz")
+    for old in folder.glob("bundle-*.tar.gz"):
+        if old != named:
+            old.unlink()
+    os.replace(bundle, named)
+    atomic_write_text(packed, f"{tree.hexdigest()} {named.name}\n")
+    return named
+
+
+def _prune(root: Path, kept: set[Path]) -> None:
+    """Remove from root every file and link not in kept, then the folders left empty."""
+    for folder, dirs, names in os.walk(root, topdown=False):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            path = Path(folder) / name
+            if path not in kept:
+                path.unlink()
+        if Path(folder) != root and not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
 
 
 def _pack(root: Path, bundle: Path) -> None:
@@ -128,23 +163,64 @@ def _pack(root: Path, bundle: Path) -> None:
         gz.write(raw.getvalue())
 
 
+def host_vars(s: Staged, build: Path) -> dict:
+    """A staged host's inventory entry: how to reach it, and what its bundle brings."""
+    return {
+        **reach_vars(s.host),
+        "vgen_bundle": str(s.bundle),
+        "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
+        "vgen_verticals": s.slugs,
+        "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
+        "vgen_results": str(build / s.host.name / "activated.txt"),
+    }
+
+
+def reach_vars(host: placement.Host) -> dict:
+    """How Ansible reaches a host of hosts.toml."""
+    return {"ansible_host": host.address, "ansible_user": host.user,
+            "ansible_python_interpreter": "/usr/bin/python3", **host.vars}
+
+
+def reach_tasks() -> list[dict]:
+    """Fail the play, by the host's name, when it cannot be reached."""
+    return [
+        # An unreachable host would only be left out of the play; the rollout stops there.
+        {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
+         "register": "reached"},
+        {"name": "Stop the rollout at a host that cannot be reached",
+         "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
+         "when": "reached.unreachable | default(false)"},
+    ]
+
+
+def lay_tasks() -> list[dict]:
+    """The tasks that reach a host and lay its bundle (vgen_bundle) under / once."""
+    return [
+        *reach_tasks(),
+        {"name": "A folder for the bundles",
+         "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
+        {"name": "A folder for the settings files",
+         "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
+        {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
+         "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
+                                  "mode": "0600"}},
+        {"name": "Lay it under /",
+         "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
+                                       "remote_src": True,
+                                       "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
+         "register": "unpacked", "when": "not ansible_check_mode"},
+        {"name": "Remember it is laid",
+         "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
+                                  "mode": "0600"},
+         "when": "unpacked is changed"},
+    ]
+
+
 def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tuple[Path, Path]:
     """build/deploy/inventory.yml and playbook.yml for the staged hosts."""
     build = project.root / BUILD
     build.mkdir(parents=True, exist_ok=True)
-    hosts = {}
-    for s in staged:
-        hosts[s.host.name] = {
-            "ansible_host": s.host.address,
-            "ansible_user": s.host.user,
-            "ansible_python_interpreter": "/usr/bin/python3",
-            **s.host.vars,
-            "vgen_bundle": str(s.bundle),
-            "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
-            "vgen_verticals": s.slugs,
-            "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
-            "vgen_results": str(build / s.host.name / "activated.txt"),
-        }
+    hosts = {s.host.name: host_vars(s, build) for s in staged}
     inventory = build / "inventory.yml"
     inventory.write_text("# Written by vgen deploy from hosts.toml and ports.toml; regenerated each time.\n"
                          + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
@@ -156,31 +232,17 @@ def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tu
         "max_fail_percentage": 0,
         "gather_facts": False,
         "tasks": [
-            # An unreachable host would only be left out of the play; the rollout stops there.
-            {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
-             "register": "reached"},
-            {"name": "Stop the rollout at a host that cannot be reached",
-             "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
-             "when": "reached.unreachable | default(false)"},
-            {"name": "A folder for the bundles",
-             "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
-            {"name": "A folder for the settings files",
-             "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
-            {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
-             "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
-                                      "mode": "0600"}},
-            {"name": "Lay it under /",
-             "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
-                                           "remote_src": True,
-                                           "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
-             "when": "not ansible_check_mode"},
-            {"name": "Remember it is laid",
-             "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
-                                      "mode": "0600"}},
+            *lay_tasks(),
+            # One round trip to list them, so that a deploy with every file in place
+            # loops over nothing.
+            {"name": "The settings files in place",
+             "ansible.builtin.shell": "ls /etc/vgen 2>/dev/null || true", "register": "settings_files",
+             "changed_when": False, "check_mode": False},
             {"name": "Each vertical's settings file, once (then it is the admin's)",
              "ansible.builtin.copy": {"content": "{{ vgen_settings[item] }}",
                                       "dest": "/etc/vgen/{{ item }}.env", "mode": "0600", "force": False},
-             "loop": "{{ vgen_verticals }}"},
+             "loop": "{{ vgen_verticals | reject('in', settings_files.stdout_lines | map('replace', '.env', '') "
+                     "| list) | list }}"},
             {"name": "The releases in service now",
              "ansible.builtin.shell": "for s in {{ vgen_verticals | join(' ') }}; do "
                                       "echo \"$s $(readlink /srv/vgen/$s/current 2>/dev/null | sed 's|releases/||')\"; done",
@@ -211,31 +273,50 @@ def run(project: Project, staged: list[Staged], inventory: Path, playbook: Path,
     """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
     for s in staged:
         (project.root / BUILD / s.host.name / "activated.txt").unlink(missing_ok=True)
-    # ansible-core installs ansible-playbook beside vgen's own Python, which may not be on PATH.
-    ansible = shutil.which("ansible-playbook") or shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
-    if ansible is None:
-        raise VgenError("vgen deploy runs ansible-playbook, which is not installed: pip install 'vgen[deploy]' "
-                        "(or ansible-core)")
-    command = [ansible, "-i", str(inventory), str(playbook)]
-    if check:
-        command.append("--check")
-    if diff:
-        command.append("--diff")
-    env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    output = done.stdout + done.stderr
-    recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
-    # Why a host failed or could not be reached: Ansible's own lines, before the recap.
-    fatal = [line[:2000] for line in output.splitlines() if line.startswith(("fatal:", "failed:"))]
-    if fatal:
-        recap = "\n".join(fatal) + "\n" + recap
+    options = (["--check"] if check else []) + (["--diff"] if diff else [])
+    status, recap = ansible_playbook(inventory, playbook, *options)
     outcomes = []
     for s in staged:
         said = _said(project.root / BUILD / s.host.name / "activated.txt")
         for slug in s.slugs:
             outcomes.append(Outcome(s.host.name, slug, s.releases[slug], said.get(slug, "not reached")))
-    return done.returncode, outcomes, recap
+    return status, outcomes, recap
+
+
+def ansible(program: str) -> str:
+    """The path of an Ansible program (ansible-playbook, ansible)."""
+    # ansible-core installs its programs beside vgen's own Python, which may not be on PATH.
+    found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise VgenError(f"vgen runs {program}, which is not installed: pip install 'vgen[deploy]' (or ansible-core)")
+    return found
+
+
+def ansible_env() -> dict[str, str]:
+    return dict(os.environ, ANSIBLE_HOST_KEY_CHECKING=os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "False"),
+                ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
+                # One SSH round trip per task instead of several (hosts log in as root,
+                # so no sudo requiretty stands in the way).
+                ANSIBLE_PIPELINING=os.environ.get("ANSIBLE_PIPELINING", "True"))
+
+
+def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
+    """Run ansible-playbook; (exit status, its recap preceded by the lines that say why
+    a host failed or could not be reached)."""
+    command = [ansible("ansible-playbook"), "-i", str(inventory), str(playbook), *options]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=ansible_env())
+    output = done.stdout + done.stderr
+    recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
+    # Why a host failed or could not be reached: Ansible's own lines, before the recap.
+    # (A result Ansible prints over several lines runs on to the next blank line.)
+    fatal, block = [], False
+    for line in output.splitlines():
+        block = line.startswith(("fatal:", "failed:")) or (block and bool(line.strip()))
+        if block:
+            fatal.append(line[:2000])
+    if fatal:
+        recap = "\n".join(fatal) + "\n" + recap
+    return done.returncode, recap
 
 
 def _said(path: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -13,7 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import answers, certs, gitrepo, ports, render, spec
+import yaml
+
+from . import answers, certs, gitrepo, placement, ports, render, spec
+from .errors import VgenError
 from .gitrepo import TEMPLATE_BRANCH
 from .project import Project
 
@@ -42,9 +46,13 @@ class Row:
     # When the HTTPS certificate of the vertical's domain expires (certbot's, under the
     # root); None without a domain or a certificate.
     certificate_expires: dt.datetime | None = None
+    # The host hosts.toml places it on; "local" without hosts.toml.
+    host: str = "local"
 
 
 def status(project: Project, timeout: float = 1.0, root: Path = Path("/")) -> list[Row]:
+    """One row per vertical. With hosts.toml, each vertical's service state is read on
+    its host over SSH (Ansible) and its health asked through that host's nginx."""
     verticals, _ = project.load_verticals()
     valid = {v.slug: v for v in verticals}
     registry = ports.load(project.ports_path)
@@ -52,7 +60,11 @@ def status(project: Project, timeout: float = 1.0, root: Path = Path("/")) -> li
     # Apps without a spec are listed too; a copy such as apps/shop.bak is no vertical.
     apps = {p.name for p in project.out.glob("*") if spec.SLUG_RE.match(p.name) and (p / render.ANSWERS_FILE).exists()}
     slugs = sorted(set(project.slugs()) | apps)
-    services = service_states(slugs)
+    fleet = placement.load_or_fail(project.hosts_path, project.slugs())
+    if fleet is None:
+        services = service_states(slugs)
+    else:
+        services = remote_service_states(fleet, slugs, project.root / "build/status")
 
     def row(slug: str) -> Row:
         app = project.app_dir(slug)
@@ -65,8 +77,11 @@ def status(project: Project, timeout: float = 1.0, root: Path = Path("/")) -> li
         backup_time, backup_kind = last_backup(app, slug, root)
         domain = valid[slug].domain if slug in valid else recorded.get("domain")
         service = services.get(slug, "")
-        if service == "idle":
-            state = "idle"  # asking /healthz would start it: the socket answers for it
+        host = fleet.host_of(slug) if fleet else None
+        if service in ("idle", "unreachable", "not installed"):
+            state = service  # asking /healthz would start an idle one: the socket answers for it
+        elif host is not None:
+            state = health_through_nginx(host.address, site_name(project, slug), timeout)
         else:
             state = health(port, timeout) if port else "no port"
         return Row(
@@ -79,6 +94,7 @@ def status(project: Project, timeout: float = 1.0, root: Path = Path("/")) -> li
             last_backup=backup_time, last_backup_kind=backup_kind,
             service=service,
             certificate_expires=certs.expiry(root, domain) if domain else None,
+            host=host.name if host else "local",
         )
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -119,17 +135,26 @@ def service_states(slugs: list[str], root: Path = Path("/"),
     if not installed:
         return {}
     units = [f"{slug}{kind}" for slug in installed for kind in (".socket", ".service")]
+    return states_from_show(installed, show(["--property=Id,ActiveState,Result,LoadState", *units]))
+
+
+def states_from_show(slugs: list[str], output: str) -> dict[str, str]:
+    """Each vertical's state from `systemctl show` of its socket and service units:
+    "active", "idle", "failed", "stopped", or "not installed" when systemd has no
+    socket unit of that name; {} when the output holds no unit at all."""
     seen: dict[str, dict[str, str]] = {}
-    for block in show(["--property=Id,ActiveState,Result", *units]).strip().split("\n\n"):
+    for block in output.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         if "Id" in props:
             seen[props["Id"]] = props
     if not seen:
         return {}
     states = {}
-    for slug in installed:
+    for slug in slugs:
         sock, service = seen.get(f"{slug}.socket", {}), seen.get(f"{slug}.service", {})
-        if "failed" in (sock.get("ActiveState"), service.get("ActiveState")):
+        if sock.get("LoadState") == "not-found":
+            states[slug] = "not installed"
+        elif "failed" in (sock.get("ActiveState"), service.get("ActiveState")):
             states[slug] = "failed"
         elif service.get("ActiveState") in ("active", "reloading", "activating"):
             states[slug] = "active"
@@ -140,11 +165,70 @@ def service_states(slugs: list[str], root: Path = Path("/"),
     return states
 
 
+def remote_service_states(fleet: placement.Fleet, slugs: list[str], build: Path) -> dict[str, str]:
+    """Each vertical's state on the host hosts.toml places it on, read over SSH with
+    one ad-hoc Ansible command for every host at once (`systemctl show` of its units);
+    "unreachable" for the verticals of a host that does not answer."""
+    from . import deploy
+
+    hosts = {}
+    for name in fleet.hosts:
+        on_host = fleet.verticals_on(name, slugs)
+        if on_host:
+            units = " ".join(f"{slug}{kind}" for slug in on_host for kind in (".socket", ".service"))
+            hosts[name] = {**deploy.reach_vars(fleet.hosts[name]), "vgen_units": units}
+    if not hosts:
+        return {}
+    build.mkdir(parents=True, exist_ok=True)
+    inventory = build / "inventory.yml"
+    inventory.write_text("# Written by vgen status from hosts.toml; regenerated each time.\n"
+                         + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
+    # --tree (ansible-core's own tree callback): one JSON file per host with its result,
+    # unreachable or not.
+    tree = build / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    done = subprocess.run([deploy.ansible("ansible"), "all", "-i", str(inventory), "--forks", str(len(hosts)),
+                           "--tree", str(tree), "-m", "ansible.builtin.command",
+                           "-a", "systemctl show --property=Id,ActiveState,Result,LoadState {{ vgen_units }}"],
+                          capture_output=True, text=True, env=deploy.ansible_env(), check=False)
+    states = {}
+    for name in hosts:
+        try:
+            result = json.loads((tree / name).read_text())
+        except (OSError, ValueError):
+            raise VgenError(f"ansible could not read {name}'s state:\n{(done.stdout + done.stderr)[-2000:]}") from None
+        on_host = fleet.verticals_on(name, slugs)
+        if result.get("unreachable") or "stdout" not in result:
+            states.update({slug: "unreachable" for slug in on_host})
+        else:
+            states.update(states_from_show(on_host, result["stdout"]))
+    return states
+
+
+def site_name(project: Project, slug: str) -> str:
+    """The name the vertical's nginx site answers to."""
+    from .move import server_name
+
+    try:
+        return server_name(project.app_dir(slug), slug)
+    except VgenError:
+        return f"{slug}.localhost"
+
+
 def health(port: int, timeout: float) -> str:
     """The app's health on the port: ok when /healthz answers 200, down when nothing
     answers, else the HTTP status it answers with."""
+    return _health(urllib.request.Request(f"http://127.0.0.1:{port}/healthz"), timeout)
+
+
+def health_through_nginx(address: str, name: str, timeout: float) -> str:
+    """The app's health as its host's nginx serves it under its server name."""
+    return _health(urllib.request.Request(f"http://{address}/healthz", headers={"Host": name}), timeout)
+
+
+def _health(request: urllib.request.Request, timeout: float) -> str:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return "ok" if response.status == 200 else str(response.status)
     except urllib.error.HTTPError as exc:
         return str(exc.code)

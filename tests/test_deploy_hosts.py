@@ -8,9 +8,12 @@ on one xdist worker and share the hosts.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import subprocess
+import threading
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -18,9 +21,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from generator import cli
+from generator import cli, placement
 
-from conftest import EXAMPLES, example_answers, render_app
+from conftest import EXAMPLES, example_answers, git, render_app
+from test_systemd import Load, add_room, browser, log_in, query, sign_up
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow, pytest.mark.xdist_group("systemd")]
 
@@ -169,3 +173,203 @@ def test_a_host_that_is_down_stops_the_rollout_by_name(project_root, three_hosts
     assert result.exit_code == 0, result.output
     for slug, name in PLACEMENT.items():
         assert healthz(three_hosts[name], slug) == 200
+
+
+def test_a_template_change_rolls_out_to_every_host_without_a_failed_request(project_root, three_hosts):
+    """A committed template change, regenerated and deployed to every host, one host at a
+    time, while a logged-in client reads, writes and asks /healthz of cheesemaking
+    through web1's nginx: not one request fails, and every host serves the change."""
+    base = project_root / "template/app/templates/base.html.jinja"
+    marker = "Rolled out to every host"
+    base.write_text(base.read_text().replace('<footer class="site">{{ spec.NAME }}</footer>',
+                                             f'<footer class="site">{{{{ spec.NAME }}}} · {marker}</footer>'))
+    git(project_root, "commit", "-q", "-am", "A visible template change")
+    result = CliRunner().invoke(cli.main, ["--project", str(project_root), "generate", "--all", "--jobs", "2",
+                                           "--out", str(project_root / "apps")])
+    assert result.exit_code == 0, result.output
+    assert f"{len(EXAMPLES)} updated in" in result.output, result.output
+
+    web1 = three_hosts["web1"]
+    sign_up(web1, "cheesemaking")
+    stop, health = threading.Event(), []
+
+    def ask_health():
+        b = browser(web1, "cheesemaking")
+        while not stop.is_set():
+            try:
+                health.append(b.request("GET", "/healthz")[0])
+            except OSError as e:
+                health.append(repr(e))
+
+    checker = threading.Thread(target=ask_health)
+    with Load(web1, "cheesemaking") as load:
+        checker.start()
+        try:
+            time.sleep(1)
+            result = deploy(project_root, "--all")
+            time.sleep(1)
+        finally:
+            stop.set()
+            checker.join()
+    assert result.exit_code == 0, result.output
+    assert load.failures == [] and load.requests > 20, (load.failures[:10], load.requests)
+    assert len(health) > 20 and set(health) == {200}, [h for h in health if h != 200][:10]
+    for slug, name in PLACEMENT.items():
+        b = browser(three_hosts[name], slug)
+        status, _, page = b.request("GET", "/login")
+        assert status == 200 and marker in page, (slug, name, status)
+    b = browser(web1, "cheesemaking")
+    log_in(b)
+    status, _, page = b.request("GET", "/aging-rooms/")
+    assert status == 200 and marker in page
+    assert load.saved and set(load.saved) <= set(query(web1, "cheesemaking", "SELECT name FROM aging_room"))
+
+
+class FollowingClient:
+    """One logged-in client of a vertical that goes where hosts.toml places it (as its
+    DNS name would), in a loop: a search of the list page, /healthz and a new record.
+    Each answer must be right (the records it knows about, a saved record) or a 503
+    that says to try again; anything else is recorded as a failure."""
+
+    def __init__(self, project_root: Path, three_hosts, slug: str, known: str):
+        self.root, self.hosts, self.slug, self.known = project_root, three_hosts, slug, known
+        self.browser = browser(self.host()[1], slug)
+        log_in(self.browser)
+        self.token = self.browser.csrf("/aging-rooms/new")
+        self.stop = threading.Event()
+        self.answers: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.saved: list[str] = []
+        self.thread = threading.Thread(target=self.loop)
+
+    def host(self) -> tuple[str, object]:
+        """The name hosts.toml places the vertical on, and that host."""
+        fleet, _ = placement.load(self.root / "hosts.toml", EXAMPLES)
+        name = fleet.host_of(self.slug).name
+        return name, self.hosts[name]
+
+    def ask(self, method: str, path: str, form=None) -> tuple[int, str, str] | None:
+        name, host = self.host()
+        self.browser.address = host.address
+        try:
+            status, location, page = self.browser.request(method, path, form)
+        except (OSError, http.client.HTTPException) as e:
+            self.failures.append(f"{method} {path} on {name}: {e!r}")
+            return None
+        key = f"{status} from {name}"
+        self.answers[key] = self.answers.get(key, 0) + 1
+        if status == 503 and "try again" in page:
+            return None
+        return status, location, page
+
+    def loop(self):
+        i = 0
+        while not self.stop.is_set():
+            said = self.ask("GET", "/aging-rooms/?q=Before+the+move")
+            if said and not (said[0] == 200 and self.known in said[2]):
+                self.failures.append(f"search: {said[0]} {said[1]} {said[2][:200]!r}")
+            said = self.ask("GET", "/healthz")
+            if said and said[0] != 200:
+                self.failures.append(f"healthz: {said[0]} {said[2][:200]!r}")
+            name = f"During the move {i}"
+            i += 1
+            said = self.ask("POST", "/aging-rooms/new", {"csrf_token": self.token, "name": name})
+            if said and said[0] == 302 and re.search(r"/aging-rooms/\d+$", said[1]):
+                self.saved.append(name)
+            elif said:
+                self.failures.append(f"write: {said[0]} {said[1]} {said[2][:200]!r}")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def table_rows(host, db: str, slug: str | None = None) -> dict[str, list[str]]:
+    """Every row of every table of a database on a host: as the app's user when the app
+    owns it (slug), else as root."""
+    def sql(statement):
+        if slug:
+            return query(host, slug, statement)
+        return host.run(["sqlite3", db, statement]).stdout.splitlines()
+    tables = sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+    # (Compared as sets: some tables are WITHOUT ROWID, and have no rowid to order by.)
+    return {table: sql(f'SELECT * FROM "{table}"') for table in tables}
+
+
+def test_moving_a_vertical_carries_every_row_and_the_old_host_lets_it_go(project_root, three_hosts):
+    """cheesemaking, with its account and records, moves from web1 to web3 while a
+    client keeps reading and writing where hosts.toml places it."""
+    web1, web3 = three_hosts["web1"], three_hosts["web3"]
+    b = browser(web1, "cheesemaking")
+    log_in(b)
+    token = b.csrf("/aging-rooms/new")
+    for i in range(5):
+        assert add_room(b, token, f"Before the move {i}")
+    with FollowingClient(project_root, three_hosts, "cheesemaking", "Before the move 4") as client:
+        time.sleep(2)
+        result = CliRunner().invoke(cli.main, ["--project", str(project_root), "move", "cheesemaking", "web3",
+                                               "--out", str(project_root / "apps")])
+        time.sleep(3)
+    assert result.exit_code == 0, result.output
+    assert client.failures == [], (client.failures[:10], client.answers)
+    # It answered on web1, said "try again" while it moved, and answers on web3.
+    assert {"200 from web1", "503 from web1", "200 from web3"} <= set(client.answers), client.answers
+    assert placement.load(project_root / "hosts.toml", EXAMPLES)[0].host_of("cheesemaking").name == "web3"
+
+    # Every row arrived: the old host's safety copy and the new database hold the same
+    # rows, but for the records the client made on web3 after the move.
+    [kept] = web1.run("ls -d /var/lib/vgen-retired/cheesemaking-*/data").stdout.split()
+    old = table_rows(web1, f"{kept}/cheesemaking.db")
+    new = table_rows(web3, "/var/lib/cheesemaking/cheesemaking.db", slug="cheesemaking")
+    assert old["aging_room"] and any("Before the move 4" in row for row in old["aging_room"])
+    for table, rows in old.items():
+        assert set(rows) <= set(new[table]), (table, sorted(set(rows) - set(new[table]))[:5])
+    names = set(query(web3, "cheesemaking", "SELECT name FROM aging_room"))
+    assert set(client.saved) <= names and any(n.startswith("During the move") for n in client.saved)
+
+    # The old host serves it no more: no site, no units, no release.
+    assert healthz(web1, "cheesemaking") == 404
+    for gone in ("etc/systemd/system/cheesemaking.socket", "etc/systemd/system/cheesemaking.service",
+                 "etc/nginx/sites-enabled/cheesemaking.conf", "etc/cron.d/cheesemaking", "srv/vgen/cheesemaking"):
+        assert not os.path.lexists(web1.root / gone), gone
+    assert healthz(web1, "childmilestone") == 200  # its neighbour is untouched
+    assert healthz(web3, "cheesemaking") == 200 and healthz(web3, "shiftfill") == 200
+
+    # A deploy now follows the new placement.
+    result = deploy(project_root, "--all")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^\s*web3\s+cheesemaking\s", result.output, re.M), result.output
+    assert not (web1.root / "srv/vgen/cheesemaking").exists()
+
+
+def status_rows(root: Path) -> dict[str, list[str]]:
+    result = CliRunner().invoke(cli.main, ["--project", str(root), "status", "--out", str(root / "apps")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["vertical", "host", "port"], result.output
+    return {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+
+
+def test_status_reads_each_host_over_ssh(project_root, three_hosts):
+    placed = {**PLACEMENT, "cheesemaking": "web3"}  # moved by the test before
+    rows = status_rows(project_root)
+    ports = tomllib.loads((project_root / "ports.toml").read_text())["ports"]
+    for slug, name in placed.items():
+        row = rows[slug]
+        assert row[1] == name and row[2] == str(ports[slug]), row
+        assert row[-1] in ("active", "idle"), row  # the service column, read on the host
+        assert ("ok" in row) or ("idle" in row[:-1]), row  # health, through that host's nginx
+    three_hosts["web2"].poweroff()
+    try:
+        rows = status_rows(project_root)
+    finally:
+        three_hosts["web2"].boot()
+    for slug, name in placed.items():
+        if name == "web2":
+            assert rows[slug][-1] == "unreachable" and "unreachable" in rows[slug][:-1], rows[slug]
+        else:
+            assert rows[slug][-1] in ("active", "idle"), rows[slug]

@@ -82,6 +82,22 @@ def test_vgen_check_reports_hosts_toml(project):
     assert "  hosts.toml: line 14: [placement] cheesemaking = 'web9': not one of the [hosts.NAME] tables" in result.output
 
 
+def test_vgen_check_lists_every_hosts_toml_mistake_at_once(project):
+    """An unknown host in a placement, a duplicate address and a typo in a key: each
+    refused by vgen check with the file, the line and the rule."""
+    text = (GOOD.replace('cheesemaking = "web2"', 'cheesemaking = "web9"')
+                .replace('address = "web2.example.com"', 'address = "10.0.0.11"')
+                .replace('user = "deploy"', 'usr = "deploy"'))
+    (project.root / "hosts.toml").write_text(text)
+    result = CliRunner().invoke(cli.main, ["--project", str(project.root), "check"])
+    assert result.exit_code == 1
+    assert "Error: 3 problems found" in result.output, result.output
+    for line in ("  hosts.toml: line 14: [placement] cheesemaking = 'web9': not one of the [hosts.NAME] tables",
+                 "  hosts.toml: line 10: [hosts.web2] has the address 10.0.0.11 of [hosts.web1]: one host, one entry",
+                 "  hosts.toml: line 11: unknown key 'usr' in [hosts.web2] (known: address, user, vars)"):
+        assert line in result.output, result.output
+
+
 def test_set_placement_keeps_comments_and_writes_atomically(tmp_path):
     path = write(tmp_path, GOOD)
     placement.set_placement(path, "honeybees", "web2")

@@ -13,7 +13,9 @@ restore verifies a backup file (with the -wal file beside it, if any) on a priva
         copy, brings that copy to the app's current schema (migrate.py), takes a
         safety backup of the current database, then copies it into the live database
         through the backup API: one write transaction, so the app can keep running and
-        never sees half a database, nor a schema its code does not expect.
+        never sees half a database, nor a schema its code does not expect. Logins
+        are not restored, unless --keep-sessions says the backup is this very
+        database carried to another server (vgen move), where no login ended since.
 
 Off-site copies through rclone: set BACKUP_OFFSITE to an rclone remote path, such as
 `offsite:my-bucket/<slug>`, and RCLONE_CONFIG to the rclone config file that defines the
@@ -111,12 +113,22 @@ def backup_command():
 
 @click.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--keep-sessions",
+    is_flag=True,
+    help="Keep the logins FILE holds: for this very database carried to another "
+    "server (vgen move), where no login ended since it was taken.",
+)
 @with_appcontext
-def restore_command(file):
+def restore_command(file, keep_sessions):
     """Verify a backup FILE, save the current database, then restore FILE into it."""
     try:
         result = restore(
-            current_app.config["DATABASE"], file, backup_dir(), schema_tables()
+            current_app.config["DATABASE"],
+            file,
+            backup_dir(),
+            schema_tables(),
+            keep_sessions=keep_sessions,
         )
     except (BackupError, sqlite3.Error) as e:
         raise click.ClickException(str(e))
@@ -494,7 +506,7 @@ def write_last(directory, record):
 # -- restore ----------------------------------------------------------------------
 
 
-def restore(database, file, directory, expected_tables):
+def restore(database, file, directory, expected_tables, keep_sessions=False):
     """Restore the backup file into the live database; raises BackupError on refusal.
 
     The file is checked and brought to this app's schema on a private copy first (see
@@ -514,7 +526,12 @@ def restore(database, file, directory, expected_tables):
         try:
             try:
                 counts, migrated = prepare(
-                    file, candidate, expected_tables, page_size_of(database), live=database
+                    file,
+                    candidate,
+                    expected_tables,
+                    page_size_of(database),
+                    live=database,
+                    keep_sessions=keep_sessions,
                 )
             except (BackupError, sqlite3.Error) as e:
                 raise BackupError(f"refusing to restore {file}: {e}; nothing was changed") from e
@@ -581,7 +598,7 @@ def page_size_of(database):
         raise BackupError(f"cannot read the current database {database} ({e})") from e
 
 
-def prepare(file, candidate, expected_tables, page_size, live=None):
+def prepare(file, candidate, expected_tables, page_size, live=None, keep_sessions=False):
     """Copy the backup file to candidate, check it and bring it to this app's schema;
     returns (row counts, migration steps). Raises BackupError or sqlite3.Error.
 
@@ -589,7 +606,7 @@ def prepare(file, candidate, expected_tables, page_size, live=None):
     a live database taken with cp): it is copied too, and merged into the candidate.
     The candidate gets the live database's page size, which the backup API needs.
     live: the live database, whose migrations name tables of this app (see
-    check_app_database).
+    check_app_database). keep_sessions: keep the logins the file holds (see restore_command).
     """
     from . import migrate  # migrate imports this module
 
@@ -616,9 +633,12 @@ def prepare(file, candidate, expected_tables, page_size, live=None):
         except migrate.MigrationRefused as e:
             raise BackupError(f"it cannot be brought to this app's schema: {'; '.join(e.problems[:5])}") from e
         # Logins are not restored: a session ended since the backup (a logout, a
-        # password change) must stay ended. Everyone logs in again.
-        with db:
-            ended = db.execute('DELETE FROM "app_session"').rowcount
+        # password change) must stay ended. Everyone logs in again. Unless the file is
+        # this very database moved to another server, where no session ended since.
+        ended = 0
+        if not keep_sessions:
+            with db:
+                ended = db.execute('DELETE FROM "app_session"').rowcount
         db.execute("PRAGMA journal_mode = DELETE")
     finally:
         db.close()

@@ -246,6 +246,22 @@ def test_restore_ends_every_session(app, client, auth, tmp_path):
     assert copy.get("/account/password").status_code == 302
 
 
+def test_restore_keeps_the_sessions_of_a_moved_database_when_asked(app, client, auth, tmp_path):
+    """vgen move carries the very database to another server: its logins stay valid."""
+    auth.signup()
+    name = app.config["SESSION_COOKIE_NAME"]
+    cookie = client.get_cookie(name).value
+    path = app.config["DATABASE"]
+    backups = tmp_path / "backups"
+    record = backup.run_backup(path, backups)
+    assert record["verified"], record["error"]
+    done = backup.restore(path, record["file"], backups, backup.schema_tables(), keep_sessions=True)
+    assert done["tables"] == record["tables"] and done["tables"]["app_session"] == 1
+    copy = app.test_client()
+    copy.set_cookie(name, cookie)
+    assert copy.get("/account/password").status_code == 200
+
+
 def test_counts_read_as_english():
     assert backup.rows_in({"account": 1}) == "1 row in 1 table"
     assert backup.rows_in({"account": 2, "user": 0}) == "2 rows in 2 tables"
