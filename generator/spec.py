@@ -41,9 +41,9 @@ TYPES = (
     "email", "url", "choice", "ref",
 )
 TEXT_LIKE = ("string", "text", "email", "url", "choice")
-# A record is shown by its title field: a value that reads as a name, not a number
-# needing formatting or a link needing a join.
-TITLE_TYPES = ("string", "text", "email", "url", "choice", "integer", "date", "datetime")
+# A title is a short format over fields: "{site} · {surveyed_on}"; {{ and }} are braces.
+TITLE_TOKEN_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+TITLE_LIMIT = 200
 ON_DELETE = ("restrict", "cascade", "set_null")
 
 COMMON_FIELD_KEYS = {"name", "type", "required", "unique", "default", "label", "help", "renamed_from"}
@@ -58,7 +58,7 @@ SPEC_KEYS = {"slug", "name", "tagline", "domain", "verify_email", "landing", "en
 # The optional [landing] table: the public home page's words (template/app/templates/main/home.html).
 LANDING_KEYS = {"headline", "description", "points", "price", "call_to_action"}
 LANDING_POINTS = 6
-ENTITY_KEYS = {"name", "label", "plural", "title_field", "list", "search", "fields", "renamed_from"}
+ENTITY_KEYS = {"name", "label", "plural", "title", "title_field", "list", "search", "fields", "renamed_from"}
 
 STRING_MAX_LENGTH = 200
 EMAIL_MAX_LENGTH = 254
@@ -133,7 +133,9 @@ class Entity:
     url: str
     module: str
     class_name: str
-    title_field: str | None
+    # How a record is named: ("text", "...") and ("field", "<name>") parts in order;
+    # () when no field can name it: then "Aging room #3".
+    title: tuple[tuple[str, str], ...]
     list: tuple[str, ...]
     search: tuple[str, ...]
     fields: tuple[Field, ...]
@@ -141,6 +143,11 @@ class Entity:
 
     def field(self, name: str) -> Field:
         return next(f for f in self.fields if f.name == name)
+
+    @property
+    def title_field(self) -> str | None:
+        """The first field the title names, or None."""
+        return next((value for kind, value in self.title if kind == "field"), None)
 
     @property
     def capacity(self) -> int | None:
@@ -191,6 +198,7 @@ class Vertical:
         """The data copier renders this vertical from (docs/template-data.md)."""
         modules = {e.name: e.module for e in self.entities}
         entities = []
+        filters = {e.name: filter_params(e) for e in self.entities}
         for e in self.entities:
             referenced_by = [
                 {"entity": other.name, "module": other.module, "field": f.name, "on_delete": f.on_delete}
@@ -206,14 +214,15 @@ class Vertical:
                     "min": f.min, "max": f.max, "choices": list(f.choices), "to": f.to,
                     "to_module": modules.get(f.to) if f.to else None,
                     "on_delete": f.on_delete, "renamed_from": f.renamed_from,
-                    **field_facts(f),
+                    **field_facts(f), "filter_params": filters[e.name].get(f.name, []),
                 }
                 for f in e.fields
             ]
             entities.append({
                 "name": e.name, "module": e.module, "class_name": e.class_name,
                 "label": e.label, "plural": e.plural, "plural_label": e.plural_label,
-                "url": e.url, "title_field": e.title_field, "list": list(e.list),
+                "url": e.url, "title": [{kind: value} for kind, value in e.title],
+                "title_params": self.title_params(e), "list": list(e.list),
                 "search": list(e.search), "renamed_from": e.renamed_from, "capacity": self.capacity(e),
                 "referenced_by": referenced_by, "fields": fields,
             })
@@ -223,6 +232,19 @@ class Vertical:
             "domain": self.domain, "verify_email": self.verify_email, "landing": self.landing, "port": port,
             "backup_hour": hour, "backup_minute": minute, "entities": entities,
         }
+
+    def title_params(self, entity: Entity) -> list[str]:
+        """The texts the title's SQL takes as ? parameters, in the order of its
+        placeholders (the template's title_sql macro): the label with " #" for a record
+        whose title fields are all empty ("Aging room #3"), then each text part, and
+        for each ref the params of the title of the record it points to."""
+        params = [entity.label + " #"]
+        for kind, value in entity.title:
+            if kind == "text":
+                params.append(value)
+            elif entity.field(value).type == "ref":
+                params += self.title_params(self.entity(entity.field(value).to))
+        return params
 
     def fingerprint(self) -> str:
         """A short stable hash of the normalized spec: changes when the app would."""
@@ -243,6 +265,31 @@ def field_facts(f: Field) -> dict:
         "scaled_min": _scaled(f.min, f.places) if f.type == "decimal" else None,
         "scaled_max": _scaled(f.max, f.places) if f.type == "decimal" else None,
         "scaled_default": _scaled(f.default, f.places) if f.type == "decimal" else None,
+    }
+
+
+# The list page's own GET parameters, which no filter may take.
+LIST_PARAMS = {"q", "sort", "page"}
+
+
+def filter_params(entity: Entity) -> dict[str, list[str]]:
+    """{field name: the list page's GET parameters filtering by it}: a choice, ref or
+    boolean by its name (?status=open, ?site=12, ?done=1), a date, datetime or number
+    by a range (?made_on_from=...&made_on_to=...). A field whose parameter would be
+    the list's own (q, sort, page) or another field's gets no filter."""
+    wanted = {}
+    for f in entity.fields:
+        if f.type in ("choice", "ref", "boolean"):
+            wanted[f.name] = [f.name]
+        elif f.type in ("date", "datetime", "integer", "decimal"):
+            wanted[f.name] = [f.name + "_from", f.name + "_to"]
+    counts: dict[str, int] = {}
+    for params in wanted.values():
+        for p in params:
+            counts[p] = counts.get(p, 0) + 1
+    return {
+        name: params for name, params in wanted.items()
+        if all(p not in LIST_PARAMS and counts[p] == 1 for p in params)
     }
 
 
@@ -392,6 +439,7 @@ class _Validator:
         self.check_urls(entities)
         self.check_renames(entities)
         self.check_required_ref_cycles(entities)
+        self.check_title_cycles(entities)
         if len(self.problems) > start:
             return None
         return Vertical(slug=slug, name=name, entities=tuple(entities),
@@ -467,20 +515,10 @@ class _Validator:
         # own is not reported again where list, search or title_field name it.
         field_names = list(dict.fromkeys(rf["name"] for rf in raw_fields if isinstance(rf.get("name"), str)))
 
-        title_field = raw.get("title_field")
-        if title_field is not None:
-            if not isinstance(title_field, str) or title_field not in by_name:
-                if field_names and title_field not in field_names:
-                    self.error(where, f'title_field "{title_field}" is not a field of this entity (fields: {", ".join(field_names)})')
-                title_field = None
-            elif by_name[title_field].type not in TITLE_TYPES:
-                self.error(where, f'title_field "{title_field}" is a {by_name[title_field].type} field; choose a {", ".join(TITLE_TYPES)} field')
-        else:
-            title_field = default_title_field(fields)
-
+        title = self.title(where, raw, fields, field_names, label)
         list_fields = self.field_list(where, raw, "list", by_name, field_names, ())
         if list_fields is None:
-            list_fields = default_list(fields, title_field)
+            list_fields = default_list(fields, next((v for k, v in title if k == "field"), None))
         search = self.field_list(where, raw, "search", by_name, field_names, TEXT_LIKE)
         if search is None:
             search = tuple(f.name for f in fields if f.type in ("string", "email"))[:3]
@@ -494,9 +532,94 @@ class _Validator:
         return Entity(
             name=name, label=label, plural=plural, plural_label=plural[:1].upper() + plural[1:],
             url=url, module=name, class_name="".join(p.capitalize() for p in name.split("_") if p),
-            title_field=title_field, list=tuple(list_fields), search=tuple(search),
+            title=title, list=tuple(list_fields), search=tuple(search),
             fields=tuple(fields), renamed_from=renamed_from,
         )
+
+    def title(self, where, raw, fields, field_names, label) -> tuple[tuple[str, str], ...]:
+        """The entity's title as parts: from "title", from "title_field" (the same as
+        title = "{field}"), or the default (default_title)."""
+        if "title" in raw and "title_field" in raw:
+            self.error(where, 'give "title" or "title_field", not both ("title_field" = "x" is title = "{x}")')
+            return ()
+        if "title_field" in raw:
+            value = raw["title_field"]
+            if not isinstance(value, str) or value not in field_names:
+                if field_names:
+                    self.error(where, f'title_field "{value}" is not a field of this entity (fields: {", ".join(field_names)})')
+                return ()
+            return (("field", value),)
+        if "title" not in raw:
+            return default_title(fields, label)
+        text = raw["title"]
+        if not isinstance(text, str) or not text.strip():
+            self.error(where, '"title" must be a format over fields, such as "{site} · {surveyed_on}"')
+            return ()
+        problem = text_problem(text)
+        if problem or len(text) > TITLE_LIMIT:
+            self.error(where, f'"title" {problem or f"is longer than {TITLE_LIMIT} characters"}')
+            return ()
+        parts: list[tuple[str, str]] = []
+        position, ok = 0, True
+        for token in TITLE_TOKEN_RE.finditer(text):
+            if token.start() > position:
+                parts.append(("text", text[position:token.start()]))
+            position = token.end()
+            if token.group() in ("{{", "}}"):
+                parts.append(("text", token.group()[0]))
+            elif token.group() in ("{", "}"):
+                self.error(where, f'title "{text}" has an unbalanced "{token.group()}": write {{{{ or }}}} for a brace itself')
+                ok = False
+            elif token.group(1) not in field_names:
+                if field_names:
+                    self.error(where, f'title "{text}" names unknown field "{token.group(1)}" (fields: {", ".join(field_names)})')
+                ok = False
+            else:
+                parts.append(("field", token.group(1)))
+        if position < len(text):
+            parts.append(("text", text[position:]))
+        if ok and not any(kind == "field" for kind, _ in parts):
+            self.error(where, f'title "{text}" names no field: put one in braces, such as "{{{field_names[0] if field_names else "name"}}}"')
+            ok = False
+        if not ok:
+            return ()
+        merged: list[tuple[str, str]] = []  # "{{" then "x" is one text part, "{x"
+        for kind, value in parts:
+            if kind == "text" and merged and merged[-1][0] == "text":
+                merged[-1] = ("text", merged[-1][1] + value)
+            else:
+                merged.append((kind, value))
+        return tuple(merged)
+
+    def check_title_cycles(self, entities: list[Entity]) -> None:
+        """A ref in a title shows the title of the record it points to: titles that
+        name each other in a circle would never end."""
+        by_name = {e.name: e for e in entities}
+
+        def refs(e: Entity) -> list[Field]:
+            return [e.field(v) for k, v in e.title if k == "field" and e.field(v).type == "ref"]
+
+        def path_back(start: str, node: str, trail: list[str], visited: set[str]) -> list[str] | None:
+            for f in refs(by_name[node]):
+                step = trail + [f"{node}.{f.name}"]
+                if f.to == start:
+                    return step
+                if f.to not in visited and f.to in by_name:
+                    visited.add(f.to)
+                    found = path_back(start, f.to, step, visited)
+                    if found:
+                        return found
+            return None
+
+        reported: set[frozenset] = set()
+        for e in entities:
+            cycle = path_back(e.name, e.name, [], {e.name})
+            if cycle and frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                self.error(
+                    f'entity "{e.name}"',
+                    f"its title shows refs whose titles lead back to it ({' -> '.join(cycle)} -> {e.name}): take one of those refs out of a title",
+                )
 
     def field_list(self, where, raw, key, by_name, names, types) -> tuple[str, ...] | None:
         if key not in raw:
@@ -823,20 +946,34 @@ def pluralize(word: str) -> str:
     return word + "s"
 
 
-def default_title_field(fields: list[Field]) -> str | None:
-    strings = [f for f in fields if f.type == "string"]
-    for f in strings:
-        if f.required and f.unique:
-            return f.name
-    if strings:
-        return strings[0].name
-    for f in fields:
-        if f.type in TITLE_TYPES:
-            return f.name
-    return None
+def default_title(fields: list[Field], label: str) -> tuple[tuple[str, str], ...]:
+    """The title of an entity whose spec names none, the first rule that applies:
+
+    1. a required unique string names the record on its own: "{code}";
+    2. a required unique integer, after the label: "Invoice {number}";
+    3. a date or datetime (a required one first), after the label: "Survey {surveyed_on}",
+       so a record about an event is never named by a person's name it holds;
+    4. a string (a required one first): "{name}", for records such as people and places;
+    5. none: the label and the id, "Order #3".
+    """
+    def first(types, unique=False):
+        found = [f for f in fields if f.type in types and (f.required and f.unique if unique else True)]
+        found.sort(key=lambda f: not f.required)  # stable: required ones first, in spec order
+        return found[0] if found else None
+
+    if (f := first(("string",), unique=True)) is not None:
+        return (("field", f.name),)
+    if (f := first(("integer",), unique=True)) is not None:
+        return (("text", label + " "), ("field", f.name))
+    if (f := first(("date", "datetime"))) is not None:
+        return (("text", label + " "), ("field", f.name))
+    if (f := first(("string",))) is not None:
+        return (("field", f.name),)
+    return ()
 
 
 def default_list(fields: list[Field], title_field: str | None) -> tuple[str, ...]:
+    """The list page's columns: the title's first field, then up to three more."""
     names = [title_field] if title_field else []
     for f in fields:
         if len(names) >= 4:

@@ -154,7 +154,7 @@ ENTITY_CASES = [
     ('search = ["title", "count"]', None),  # count does not exist: covered below
     ('search = ["notes", "n"]', E + 'search names unknown field "n" (fields: title, notes)'),
     ('title_field = "nope"', E + 'title_field "nope" is not a field of this entity (fields: title, notes)'),
-    ('colour = "red"', E + 'unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title_field)'),
+    ('colour = "red"', E + 'unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title, title_field)'),
     ('list = []', E + '"list" must name at least one field'),
     ('plural = "!!!"', E + 'plural "!!!" gives no usable URL: use letters or digits'),
     ('plural = "logins"', None),
@@ -174,11 +174,96 @@ def test_search_only_text_like_fields(tmp_path):
     ]
 
 
-def test_title_field_must_read_as_a_name(tmp_path):
-    fields = '{ name = "title", type = "string" },\n{ name = "box", type = "ref", to = "box" }'
-    assert problems_of(tmp_path, entity_spec(fields, 'title_field = "box"')) == [
-        E + 'title_field "box" is a ref field; choose a string, text, email, url, choice, integer, date, datetime field'
+TITLE_CASES = [
+    ('title = "{nope} · {title}"', E + 'title "{nope} · {title}" names unknown field "nope" (fields: title, notes)'),
+    ('title = "{title"', E + 'title "{title" has an unbalanced "{": write {{ or }} for a brace itself'),
+    ('title = "{title}}"', E + 'title "{title}}" has an unbalanced "}": write {{ or }} for a brace itself'),
+    ('title = "{title:>9}"', E + 'title "{title:>9}" names unknown field "title:>9" (fields: title, notes)'),
+    ('title = "Item"', E + 'title "Item" names no field: put one in braces, such as "{title}"'),
+    ('title = "{{title}}"', E + 'title "{{title}}" names no field: put one in braces, such as "{title}"'),
+    ('title = ""', E + '"title" must be a format over fields, such as "{site} · {surveyed_on}"'),
+    ('title = 3', E + '"title" must be a format over fields, such as "{site} · {surveyed_on}"'),
+    ('title = "{title}"\ntitle_field = "title"', E + 'give "title" or "title_field", not both ("title_field" = "x" is title = "{x}")'),
+    ('title = "{title}\\u2028"', E + '"title" must be one line of text, without control characters'),
+]
+
+
+@pytest.mark.parametrize("extra, message", TITLE_CASES)
+def test_title_rules(tmp_path, extra, message):
+    fields = '{ name = "title", type = "string" },\n{ name = "notes", type = "text" }'
+    assert problems_of(tmp_path, entity_spec(fields, extra)) == [message]
+
+
+def titles(tmp_path, text):
+    (v,), problems = spec.load_verticals(write(tmp_path, text).parent, tmp_path)
+    assert problems == []
+    return {e.name: (e.title, v.title_params(e)) for e in v.entities}
+
+
+def test_title_format_becomes_parts_and_sql_parameters(tmp_path):
+    fields = '{ name = "title", type = "string" },\n{ name = "on", type = "date" },\n{ name = "box", type = "ref", to = "box" }'
+    found = titles(tmp_path, entity_spec(fields, 'title = "{{{box}}} {title} · {on}!"'))
+    assert found["item"] == (
+        (("text", "{"), ("field", "box"), ("text", "} "), ("field", "title"), ("text", " · "), ("field", "on"), ("text", "!")),
+        # The label for an empty title, the texts in order, a ref's own title's in place.
+        ["Item #", "{", "Box #", "} ", " · ", "!"],
+    )
+
+
+def test_title_field_is_a_title_of_one_field(tmp_path):
+    fields = '{ name = "title", type = "string" },\n{ name = "notes", type = "text" }'
+    (item, params) = titles(tmp_path, entity_spec(fields, 'title_field = "notes"'))["item"]
+    assert item == (("field", "notes"),) and params == ["Item #"]
+
+
+def test_titles_may_not_show_each_other_in_a_circle(tmp_path):
+    text = entity_spec('{ name = "box", type = "ref", to = "box" }', 'title = "{box}"')
+    text = text.replace('fields = [{ name = "label", type = "string" }]',
+                        'title = "{item} {label}"\nfields = [{ name = "label", type = "string" }, { name = "item", type = "ref", to = "item" }]')
+    assert problems_of(tmp_path, text) == [
+        E + "its title shows refs whose titles lead back to it (item.box -> box.item -> item): take one of those refs out of a title"
     ]
+    # A ref to itself is a circle too.
+    assert problems_of(tmp_path, entity_spec('{ name = "up", type = "ref", to = "item" }', 'title_field = "up"')) == [
+        E + "its title shows refs whose titles lead back to it (item.up -> item): take one of those refs out of a title"
+    ]
+
+
+DEFAULT_TITLES = [
+    # A required unique string names the record.
+    ('{ name = "who", type = "string" },\n{ name = "code", type = "string", required = true, unique = true },\n{ name = "on", type = "date" }',
+     (("field", "code"),)),
+    # Else a required unique integer, after the label.
+    ('{ name = "who", type = "string" },\n{ name = "number", type = "integer", required = true, unique = true },\n{ name = "on", type = "date" }',
+     (("text", "Item "), ("field", "number"))),
+    # Else a date or datetime, a required one first: never the person's name it holds.
+    ('{ name = "who", type = "string", required = true },\n{ name = "at", type = "datetime" },\n{ name = "on", type = "date", required = true }',
+     (("text", "Item "), ("field", "on"))),
+    ('{ name = "who", type = "string" },\n{ name = "at", type = "datetime" }', (("text", "Item "), ("field", "at"))),
+    # Else a string, a required one first.
+    ('{ name = "note", type = "string" },\n{ name = "name", type = "string", required = true }', (("field", "name"),)),
+    # Else nothing: "Item #3".
+    ('{ name = "n", type = "integer" },\n{ name = "ok", type = "boolean" }', ()),
+]
+
+
+@pytest.mark.parametrize("fields, title", DEFAULT_TITLES)
+def test_default_title(tmp_path, fields, title):
+    assert titles(tmp_path, entity_spec(fields))["item"][0] == title
+
+
+def test_filter_params(tmp_path):
+    fields = ", ".join([
+        '{ name = "status", type = "choice", choices = ["a"] }', '{ name = "box", type = "ref", to = "box" }',
+        '{ name = "done", type = "boolean" }', '{ name = "on", type = "date" }', '{ name = "n", type = "decimal" }',
+        '{ name = "notes", type = "text" }', '{ name = "page", type = "boolean" }',  # ?page= is the list's own
+        '{ name = "at", type = "datetime" }', '{ name = "at_from", type = "choice", choices = ["a"] }',  # the same parameter
+    ])
+    (v,), problems = spec.load_verticals(write(tmp_path, entity_spec(fields)).parent, tmp_path)
+    assert problems == []
+    found = {f["name"]: f["filter_params"] for f in v.answers(9000)["entities"][0]["fields"]}
+    assert found == {"status": ["status"], "box": ["box"], "done": ["done"], "on": ["on_from", "on_to"],
+                     "n": ["n_from", "n_to"], "notes": [], "page": [], "at": [], "at_from": []}
 
 
 VERTICAL_CASES = [
@@ -190,7 +275,7 @@ VERTICAL_CASES = [
      ['verticals/shop.toml: slug "store" does not match the file name: name the file store.toml']),
     (GOOD + 'colour = "red"\n',
      # a key after [[entities]] belongs to the entity
-     ['verticals/shop.toml: entity "item": unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title_field)']),
+     ['verticals/shop.toml: entity "item": unknown key "colour" (allowed for an entity: fields, label, list, name, plural, renamed_from, search, title, title_field)']),
     ('colour = "red"\n' + GOOD,
      ['verticals/shop.toml: unknown key "colour" (allowed for a vertical: domain, entities, landing, name, slug, tagline, verify_email)']),
     (GOOD.replace('name = "Shop"', 'name = "Shop"\nverify_email = "no"'),

@@ -29,3 +29,7 @@ ENTITIES = {
     entity["name"]: {**entity, "fields": {field["name"]: field for field in entity["fields"]}}
     for entity in _SPEC["entities"]
 }
+
+# The ? parameters of each entity's title in SQL, in order (the title_sql macro of the
+# template): the texts of its title format, never written into the SQL itself.
+TITLES = {entity["name"]: tuple(entity["title_params"]) for entity in _SPEC["entities"]}

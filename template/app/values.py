@@ -5,7 +5,7 @@ Decimals are stored exactly, as INTEGER scaled by 10^places: 12.30 with places 2
 these helpers, so the rules live in one place.
 """
 from datetime import date, datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from flask import abort, request
 from flask_wtf import FlaskForm
@@ -101,6 +101,52 @@ def like_pattern(text):
     """
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+# The list pages' filters (?made_on_from=2025-03-01, ?site=12, ?weight_to=2.5): each
+# parser returns the value to compare with, or None for text that is not one, which the
+# filter then ignores. Values reach the SQL as ? parameters only.
+
+
+def filter_id(text):
+    """"12" -> 12, the id of a record; None for anything else."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > INTEGER_MAX:
+        return None
+    return int(text)
+
+
+def filter_integer(text):
+    """"-3" -> -3 within SQLite's INTEGER; None for anything else."""
+    text = text.strip()
+    digits = text[1:] if text[:1] == "-" else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        return None
+    value = int(text)
+    return value if INTEGER_MIN <= value <= INTEGER_MAX else None
+
+
+def filter_decimal(text, places, upper):
+    """"2.5", 2 -> 250, the bound as stored (scaled by 10^places); a bound between two
+    stored values is rounded inwards (down for an upper bound): "2.505" from -> 251."""
+    text = text.strip()
+    digits = text[1:] if text[:1] == "-" else text
+    whole, _, fraction = digits.partition(".")
+    if not (whole + fraction).isascii() or not (whole + fraction).isdigit() or len(whole) > 18 or len(fraction) > 18:
+        return None
+    scaled = Decimal(text).scaleb(places)
+    value = int(scaled.to_integral_value(rounding=ROUND_FLOOR if upper else ROUND_CEILING))
+    return value if INTEGER_MIN <= value <= INTEGER_MAX else None
+
+
+def filter_date(text):
+    """"2025-03-01" -> "2025-03-01", as dates are stored; None for anything else."""
+    text = text.strip()
+    if len(text) != 10:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        return None
 
 
 # CSV exports are sent in chunks of about this many characters.
