@@ -595,31 +595,15 @@ class _Validator:
         """A ref in a title shows the title of the record it points to: titles that
         name each other in a circle would never end."""
         by_name = {e.name: e for e in entities}
-
-        def refs(e: Entity) -> list[Field]:
-            return [e.field(v) for k, v in e.title if k == "field" and e.field(v).type == "ref"]
-
-        def path_back(start: str, node: str, trail: list[str], visited: set[str]) -> list[str] | None:
-            for f in refs(by_name[node]):
-                step = trail + [f"{node}.{f.name}"]
-                if f.to == start:
-                    return step
-                if f.to not in visited and f.to in by_name:
-                    visited.add(f.to)
-                    found = path_back(start, f.to, step, visited)
-                    if found:
-                        return found
-            return None
-
-        reported: set[frozenset] = set()
-        for e in entities:
-            cycle = path_back(e.name, e.name, [], {e.name})
-            if cycle and frozenset(cycle) not in reported:
-                reported.add(frozenset(cycle))
-                self.error(
-                    f'entity "{e.name}"',
-                    f"its title shows refs whose titles lead back to it ({' -> '.join(cycle)} -> {e.name}): take one of those refs out of a title",
-                )
+        graph = {
+            e.name: [f for f in (e.field(v) for k, v in e.title if k == "field") if f.type == "ref" and f.to in by_name]
+            for e in entities
+        }
+        for e, cycle in ref_cycles(entities, graph):
+            self.error(
+                f'entity "{e.name}"',
+                f"its title shows refs whose titles lead back to it ({' -> '.join(cycle)} -> {e.name}): take one of those refs out of a title",
+            )
 
     def field_list(self, where, raw, key, by_name, names, types) -> tuple[str, ...] | None:
         if key not in raw:
@@ -687,28 +671,11 @@ class _Validator:
     def check_required_ref_cycles(self, entities: list[Entity]) -> None:
         """A cycle of required refs means no first record can ever be saved."""
         graph = {e.name: [f for f in e.fields if f.type == "ref" and f.required] for e in entities}
-
-        def path_back(start: str, node: str, trail: list[str], visited: set[str]) -> list[str] | None:
-            for f in graph.get(node, []):
-                step = trail + [f"{node}.{f.name}"]
-                if f.to == start:
-                    return step
-                if f.to not in visited:
-                    visited.add(f.to)
-                    found = path_back(start, f.to, step, visited)
-                    if found:
-                        return found
-            return None
-
-        reported: set[frozenset] = set()
-        for e in entities:
-            cycle = path_back(e.name, e.name, [], {e.name})
-            if cycle and frozenset(cycle) not in reported:
-                reported.add(frozenset(cycle))
-                self.error(
-                    f'entity "{e.name}"',
-                    f"required refs form a cycle ({' -> '.join(cycle)} -> {e.name}), so no first record could be saved: make one of them optional",
-                )
+        for e, cycle in ref_cycles(entities, graph):
+            self.error(
+                f'entity "{e.name}"',
+                f"required refs form a cycle ({' -> '.join(cycle)} -> {e.name}), so no first record could be saved: make one of them optional",
+            )
 
     # Fields ---------------------------------------------------------------------------
 
@@ -919,6 +886,32 @@ class _Validator:
 
 
 # --- derived names --------------------------------------------------------------------
+
+
+def ref_cycles(entities, graph: dict[str, list]) -> list[tuple]:
+    """[(entity, ["a.b", "b.a"])]: each cycle of refs in `graph` ({entity name: its refs
+    that count}) once, as met from the first entity on it."""
+
+    def path_back(start: str, node: str, trail: list[str], visited: set[str]) -> list[str] | None:
+        for f in graph.get(node, []):
+            step = trail + [f"{node}.{f.name}"]
+            if f.to == start:
+                return step
+            if f.to not in visited:
+                visited.add(f.to)
+                found = path_back(start, f.to, step, visited)
+                if found:
+                    return found
+        return None
+
+    cycles = []
+    reported: set[frozenset] = set()
+    for e in entities:
+        cycle = path_back(e.name, e.name, [], {e.name})
+        if cycle and frozenset(cycle) not in reported:
+            reported.add(frozenset(cycle))
+            cycles.append((e, cycle))
+    return cycles
 
 
 def text_problem(value: str) -> str | None:
