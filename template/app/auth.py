@@ -516,22 +516,31 @@ def logout():
     return redirect(url_for("main.index"))
 
 
+def check_current_password(form):
+    """"ok" when form.current_password is the logged-in user's; else "throttled" or
+    "wrong" (with the field's error). Guesses count as failed logins of the user: a
+    stolen session cannot try more passwords here than on the login page."""
+    email = g.user["email"]
+    source = login_source(g.user["id"], request.remote_addr or "unknown")
+    if is_throttled(email, source, g.user["id"]):
+        return "throttled"
+    if not check_password(g.user, form.current_password.data):
+        record_failure(email, source, g.user)
+        form.current_password.errors.append("This is not your current password.")
+        return "wrong"
+    forget_failures(email, source)
+    return "ok"
+
+
 @bp.route("/account/password", methods=("GET", "POST"))
 @login_required
 def change_password():
     form = PasswordForm()
     if form.validate_on_submit():
-        # Guesses at the current password count as failed logins of this user: a
-        # stolen session cannot try more passwords here than on the login page.
-        email = g.user["email"]
-        source = login_source(g.user["id"], request.remote_addr or "unknown")
-        if is_throttled(email, source, g.user["id"]):
+        checked = check_current_password(form)
+        if checked == "throttled":
             return too_many_failures("auth/password.html", form=form)
-        if not check_password_hash(g.user["password_hash"], form.current_password.data):
-            record_failure(email, source, g.user)
-            form.current_password.errors.append("This is not your current password.")
-        else:
-            forget_failures(email, source)
+        if checked == "ok":
             password_hash = hash_password(form.password.data)
             db = get_db()
             with db:  # the new password, and the user logged out everywhere...

@@ -46,18 +46,11 @@ def settings():
 
 
 def password_checked(form):
-    """Whether the form's current password is the user's, counted as a login attempt."""
-    email = g.user["email"]
-    source = auth.login_source(g.user["id"], request.remote_addr or "unknown")
-    if auth.is_throttled(email, source, g.user["id"]):
+    """Whether the form's current password is the user's (auth.check_current_password)."""
+    checked = auth.check_current_password(form)
+    if checked == "throttled":
         form.current_password.errors.append("Too many failed attempts. Wait a few minutes, then try again.")
-        return False
-    if not auth.check_password(g.user, form.current_password.data):
-        auth.record_failure(email, source, g.user)
-        form.current_password.errors.append("This is not your current password.")
-        return False
-    auth.forget_failures(email, source)
-    return True
+    return checked == "ok"
 
 
 @bp.route("/settings/email", methods=("POST",))
