@@ -49,8 +49,8 @@ ON_DELETE = ("restrict", "cascade", "set_null")
 COMMON_FIELD_KEYS = {"name", "type", "required", "unique", "default", "label", "help", "renamed_from"}
 TYPE_KEYS = {
     "string": {"max_length"},
-    "integer": {"min", "max"},
-    "decimal": {"places", "min", "max"},
+    "integer": {"min", "max", "unit"},
+    "decimal": {"places", "min", "max", "unit"},
     "choice": {"choices"},
     "ref": {"to", "on_delete"},
 }
@@ -119,6 +119,10 @@ class Field:
     min: object = None
     max: object = None
     choices: tuple[str, ...] = ()
+    # What the pages show for each choice, in the order of choices: the spec's own
+    # labels (choices = { north = "North shore" }), else choice_label(value).
+    choice_labels: tuple[str, ...] = ()
+    unit: str = ""  # an integer's or decimal's unit, shown after its values ("kg")
     to: str | None = None
     on_delete: str | None = None
     renamed_from: str | None = None
@@ -211,7 +215,8 @@ class Vertical:
                     "name": f.name, "attr": f.attr, "type": f.type, "label": f.label,
                     "help": f.help, "required": f.required, "unique": f.unique,
                     "default": f.default, "max_length": f.max_length, "places": f.places,
-                    "min": f.min, "max": f.max, "choices": list(f.choices), "to": f.to,
+                    "min": f.min, "max": f.max, "choices": list(f.choices),
+                    "choice_labels": dict(zip(f.choices, f.choice_labels)), "unit": f.unit, "to": f.to,
                     "to_module": modules.get(f.to) if f.to else None,
                     "on_delete": f.on_delete, "renamed_from": f.renamed_from,
                     **field_facts(f), "filter_params": filters[e.name].get(f.name, []),
@@ -236,12 +241,15 @@ class Vertical:
     def title_params(self, entity: Entity) -> list[str]:
         """The texts the title's SQL takes as ? parameters, in the order of its
         placeholders (the template's title_sql macro): the label with " #" for a record
-        whose title fields are all empty ("Aging room #3"), then each text part, and
-        for each ref the params of the title of the record it points to."""
+        whose title fields are all empty ("Aging room #3"), then each text part, for
+        each choice the values and labels of its relabelled choices, and for each ref
+        the params of the title of the record it points to."""
         params = [entity.label + " #"]
         for kind, value in entity.title:
             if kind == "text":
                 params.append(value)
+            elif entity.field(value).type == "choice":
+                params += [text for pair in field_facts(entity.field(value))["relabelled"] for text in pair]
             elif entity.field(value).type == "ref":
                 params += self.title_params(self.entity(entity.field(value).to))
         return params
@@ -250,6 +258,15 @@ class Vertical:
         """A short stable hash of the normalized spec: changes when the app would."""
         data = json.dumps(self.answers(0), sort_keys=True, default=str)
         return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+
+def choice_label(value: str) -> str:
+    """What the pages show for a choice the spec gives no label: a lower-case word or
+    name reads as a label ("north" -> "North", "in_progress" -> "In progress"); any
+    other text is shown as written ("Rocky Point", "A+")."""
+    if re.fullmatch(r"[a-z][a-z0-9]*(?:[_-][a-z0-9]+)*", value):
+        return value.replace("_", " ").capitalize()
+    return value
 
 
 def field_facts(f: Field) -> dict:
@@ -261,6 +278,8 @@ def field_facts(f: Field) -> dict:
         # How SQLite stores it: decimals as scaled integers, booleans as 0/1, refs as ids.
         "sql_type": "INTEGER" if f.type in ("integer", "decimal", "boolean", "ref") else "TEXT",
         "numeric": f.type in ("integer", "decimal"),
+        # The choices whose label is not their value: [[value, label]...], in order.
+        "relabelled": [[v, label] for v, label in zip(f.choices, f.choice_labels) if v != label],
         # Decimals are stored as integers scaled by 10**places: "12.30" -> 1230.
         "scaled_min": _scaled(f.min, f.places) if f.type == "decimal" else None,
         "scaled_max": _scaled(f.max, f.places) if f.type == "decimal" else None,
@@ -736,6 +755,8 @@ class _Validator:
 
         max_length = places = lo = hi = to = on_delete = None
         choices: tuple[str, ...] = ()
+        choice_labels: tuple[str, ...] = ()
+        unit = (self.text(where, raw, "unit", limit=20) if ftype in ("integer", "decimal") else "") or ""
         if ftype == "string":
             max_length = raw.get("max_length", STRING_MAX_LENGTH)
             if not _is_int(max_length) or not 1 <= max_length <= 100_000:
@@ -751,20 +772,7 @@ class _Validator:
                 self.error(where, f"places {places!r} must be a whole number from 0 to {MAX_PLACES}")
                 places = 2
         elif ftype == "choice":
-            raw_choices = raw.get("choices")
-            if raw_choices is None:
-                self.error(where, 'a choice field needs "choices", a non-empty list of strings')
-            elif (not isinstance(raw_choices, list) or not raw_choices
-                  or not all(isinstance(c, str) and c.strip() and len(c) <= 100 for c in raw_choices)):
-                self.error(where, '"choices" must be a non-empty list of non-empty strings (at most 100 characters each)')
-            elif any(text_problem(c) for c in raw_choices):
-                bad = next(c for c in raw_choices if text_problem(c))
-                self.error(where, f'choice {bad!r} {text_problem(bad)}')
-            elif len(set(raw_choices)) != len(raw_choices):
-                dupes = sorted({c for c in raw_choices if raw_choices.count(c) > 1})
-                self.error(where, f'"choices" must be unique: {", ".join(dupes)} appears more than once')
-            else:
-                choices = tuple(raw_choices)
+            choices, choice_labels = self.choices(where, raw.get("choices"))
         elif ftype == "ref":
             to = raw.get("to")
             known = ", ".join(n for n in entity_names)
@@ -801,8 +809,41 @@ class _Validator:
         return Field(
             name=name, type=ftype, label=label, help=help_text, required=flags["required"],
             unique=flags["unique"], default=default, max_length=max_length, places=places,
-            min=lo, max=hi, choices=choices, to=to, on_delete=on_delete, renamed_from=renamed_from,
+            min=lo, max=hi, choices=choices, choice_labels=choice_labels, unit=unit, to=to,
+            on_delete=on_delete, renamed_from=renamed_from,
         )
+
+    def choices(self, where, raw) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """A choice field's values and labels, from a list of values (labels made by
+        choice_label) or a table of value = label; ((), ()) after reporting a problem."""
+        rule = '"choices" must be a non-empty list of strings, or a table of value = "label"'
+        if raw is None:
+            self.error(where, 'a choice field needs "choices", a non-empty list of strings or a table of value = "label"')
+            return (), ()
+        if isinstance(raw, dict):
+            pairs = list(raw.items())
+        elif isinstance(raw, list):
+            pairs = [(c, choice_label(c) if isinstance(c, str) else c) for c in raw]
+        else:
+            pairs = []
+        if not pairs or not all(isinstance(v, str) and isinstance(l, str) for v, l in pairs):
+            self.error(where, rule)
+            return (), ()
+        for value, label in pairs:
+            for kind, text in (("choice", value), ("label", label)):
+                problem = (
+                    "is empty" if not text.strip() else "is longer than 100 characters" if len(text) > 100
+                    else text_problem(text)
+                )
+                if problem:
+                    self.error(where, f"{kind} {text!r} {problem}")
+                    return (), ()
+        for kind, texts in (('"choices"', [v for v, _ in pairs]), ("choice labels", [l for _, l in pairs])):
+            if len(set(texts)) != len(texts):
+                dupes = sorted({t for t in texts if texts.count(t) > 1})
+                self.error(where, f'{kind} must be unique: {", ".join(dupes)} appears more than once')
+                return (), ()
+        return tuple(v for v, _ in pairs), tuple(l for _, l in pairs)
 
     def bound(self, where, raw, key, ftype, places):
         if key not in raw:

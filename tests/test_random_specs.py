@@ -2,8 +2,8 @@
 
 The specs are drawn from a seeded generator (the same specs on every run) that favours
 what breaks templates: keyword names, names of the app's own modules, quotes, markup,
-backslashes and emoji in labels and choices, tiny ranges, unique fields, self-refs and every
-on_delete.
+backslashes and emoji in labels, choices (listed or with labels) and units, titles over
+fields, tiny ranges, unique fields, self-refs and every on_delete.
 """
 
 from __future__ import annotations
@@ -58,14 +58,20 @@ def random_field(rng: random.Random, name: str, entities: list[str]) -> str:
         parts += [f"min = {low}", f"max = {low + rng.choice([0, 1, 1000])}"]
         if rng.random() < 0.3:
             parts.append(f"default = {low}")
-    elif ftype == "decimal":
+    if ftype in ("integer", "decimal") and rng.random() < 0.4:
+        parts.append(f"unit = {toml_str(rng.choice(TEXTS)[:20])}")
+    if ftype == "decimal":
         places = rng.choice([0, 1, 2, 4])
         parts.append(f"places = {places}")
         if rng.random() < 0.5:
             parts += ["min = 0", "max = 99"]
     elif ftype == "choice":
         choices = rng.sample(["a", "b_c", "it's", "100%", "x y", "Ünï", "--", "{{ x }}", "C:\\", "🐝"], rng.randint(1, 4))
-        parts.append("choices = [" + ", ".join(toml_str(c) for c in choices) + "]")
+        if rng.random() < 0.5:
+            parts.append("choices = [" + ", ".join(toml_str(c) for c in choices) + "]")
+        else:  # a table of labels
+            labels = rng.sample(TEXTS, len(choices))
+            parts.append("choices = { " + ", ".join(f"{toml_str(c)} = {toml_str(label)}" for c, label in zip(choices, labels)) + " }")
         if rng.random() < 0.4:
             parts.append(f"default = {toml_str(choices[0])}")
     elif ftype == "ref":
@@ -90,7 +96,11 @@ def random_spec(seed: int) -> str:
                       f"label = {toml_str(rng.choice(TEXTS))}",
                       f"plural = {toml_str(entity + ' records')}", "fields = ["]
             lines += [random_field(rng, f, names[: index + 1]) for f in fields]
-            lines += ["]", ""]
+            lines += ["]"]
+            if rng.random() < 0.5:  # a title over one or two of its fields
+                shown = rng.sample(fields, min(len(fields), rng.randint(1, 2)))
+                lines.insert(-len(fields) - 2, "title = " + toml_str(" · ".join("{" + f + "}" for f in shown) + " {{x}}"))
+            lines += [""]
         text = "\n".join(lines)
         problems: list[str] = []
         spec._Validator("x.toml", f"rand{seed}", problems).vertical(tomllib.loads(text))

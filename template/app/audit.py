@@ -102,15 +102,11 @@ def entry(row):
 
 
 def shown(field, value):
-    """A stored value as a person reads it ("" for none)."""
+    """A stored value as a person reads it (values.readable; a ref as "Label #id")."""
     if value is None:
         return ""
     if field is None:
         return str(value)
-    if field["type"] == "decimal":
-        return values.format_decimal(value, field["places"])
-    if field["type"] == "boolean":
-        return "Yes" if value else "No"
     if field["type"] == "ref":
         return f"{spec.ENTITIES[field['to']]['label']} #{value}"
-    return str(value)
+    return values.readable(field, value)

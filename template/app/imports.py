@@ -16,7 +16,7 @@ How a file is read:
   (the export's "id", "created_at", "updated_at") are shown as not imported.
 - Cells: a leading apostrophe that the export put before = + - @ or ' (so that
   spreadsheets do not run the cell as a formula) is taken off again; booleans are yes/no, true/false,
-  1/0, on/off, x or empty; choices match their value ignoring case.
+  1/0, on/off, x or empty; choices match their value, else their label, ignoring case.
 """
 
 import base64
@@ -157,8 +157,11 @@ def cell_value(field, value):
     if value[:1] == "'" and value[1:2] in (*FORMULA_START, "'"):
         value = value[1:]  # the apostrophe the export put before it (values.csv_text)
     if field["type"] == "choice":
-        for choice in field["choices"]:
+        for choice in field["choices"]:  # its value first, then its label
             if fold(value) == fold(choice):
+                return choice
+        for choice, label in field["choice_labels"].items():
+            if fold(value) == fold(label):
                 return choice
     return value
 

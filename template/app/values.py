@@ -94,6 +94,39 @@ def format_datetime(value):
     return value.replace("T", " ")
 
 
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def readable(field, value):
+    """A stored value as a person reads it, for pages and the history: a choice's label,
+    numbers grouped by thousands with their unit ("1,234.50 kg"), dates with the month
+    in words ("1 Mar 2025", "31 Jan 2024, 08:30"), booleans as Yes/No; "" for none.
+    `field` is the field's entry in spec.ENTITIES. A value the type does not expect (a
+    database changed by hand) is shown as it is."""
+    if value is None:
+        return ""
+    kind = field["type"]
+    try:
+        if kind == "choice":
+            return field["choice_labels"].get(value, value)
+        if kind == "boolean":
+            return "Yes" if value else "No"
+        if kind in ("integer", "decimal"):
+            number = decimal_from_db(value, field["places"]) if kind == "decimal" else value
+            text = f"{number:,f}" if kind == "decimal" else f"{number:,d}"
+            return f"{text}\N{NO-BREAK SPACE}{field['unit']}" if field["unit"] else text
+        if kind == "date":
+            day = date.fromisoformat(value)
+            return f"{day.day} {MONTHS[day.month - 1]} {day.year}"
+        if kind == "datetime":
+            moment = datetime.fromisoformat(value)
+            time = f"{moment:%H:%M}" if not moment.second else f"{moment:%H:%M:%S}"
+            return f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}, {time}"
+    except (TypeError, ValueError, ArithmeticError, AttributeError):
+        pass
+    return str(value)
+
+
 def like_pattern(text):
     """A LIKE pattern matching `text` anywhere, for use with ESCAPE '\\'.
 
