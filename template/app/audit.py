@@ -92,6 +92,7 @@ def entry(row):
     return {
         "id": row["id"],
         "at": row["created_at"],
+        "shown_at": values.show_datetime(row["created_at"]),
         "actor": row["actor"],
         "action": ACTIONS.get(row["action"], row["action"]),
         "entity": entity,

@@ -116,15 +116,27 @@ def readable(field, value):
             text = f"{number:,f}" if kind == "decimal" else f"{number:,d}"
             return f"{text}\N{NO-BREAK SPACE}{field['unit']}" if field["unit"] else text
         if kind == "date":
-            day = date.fromisoformat(value)
-            return f"{day.day} {MONTHS[day.month - 1]} {day.year}"
+            return show_date(value)
         if kind == "datetime":
-            moment = datetime.fromisoformat(value)
-            time = f"{moment:%H:%M}" if not moment.second else f"{moment:%H:%M:%S}"
-            return f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}, {time}"
+            return show_datetime(value)
     except (TypeError, ValueError, ArithmeticError, AttributeError):
         pass
     return str(value)
+
+
+def show_date(text):
+    """"2025-03-01" -> "1 Mar 2025" (ValueError when it is not a date)."""
+    day = date.fromisoformat(text)
+    return f"{day.day} {MONTHS[day.month - 1]} {day.year}"
+
+
+def show_datetime(text):
+    """"2024-01-31T08:30:00" -> "31 Jan 2024, 08:30" (the seconds when not 0; a time
+    in UTC, such as created_at, ends with "UTC")."""
+    moment = datetime.fromisoformat(text)
+    time = f"{moment:%H:%M}" if not moment.second else f"{moment:%H:%M:%S}"
+    zone = " UTC" if moment.tzinfo is not None else ""
+    return f"{moment.day} {MONTHS[moment.month - 1]} {moment.year}, {time}{zone}"
 
 
 def like_pattern(text):
