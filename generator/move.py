@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from . import deploy, placement, ports
 from .errors import VgenError
 from .project import Project
