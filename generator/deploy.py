@@ -199,6 +199,8 @@ def reach_tasks() -> list[dict]:
 
 
 def _unreachable(registered: str) -> dict:
+    """Fail the play, by the host's name, when the task that registered `registered`
+    could not reach it."""
     return {"name": "Stop the rollout at a host that cannot be reached",
             "ansible.builtin.fail": {"msg": f"{{{{ inventory_hostname }}}} cannot be reached: "
                                             f"{{{{ {registered}.msg | default('') }}}}"},
@@ -235,7 +237,6 @@ print(json.dumps({
     "laid": os.path.exists(f"/var/cache/vgen/{bundle}.laid"),
     "in_service": in_service(),
     "no_settings": [slug for slug in wanted if not os.path.exists(f"/etc/vgen/{slug}.env")],
-    "current": {slug: current(slug) for slug in wanted},
     "stale": [slug for slug, release in wanted.items() if current(slug) != release or f"{slug}.socket" not in up],
 }))
 """
@@ -249,7 +250,7 @@ def probe_tasks() -> list[dict]:
                                      "stdin": PROBE},
          "ignore_unreachable": True, "register": "found", "changed_when": False, "check_mode": False},
         _unreachable("found"),
-        {"name": "Remember it", "ansible.builtin.set_fact": {"vgen_found": "{{ found.stdout | from_json }}"}},
+        {"name": "Remember what it holds", "ansible.builtin.set_fact": {"vgen_found": "{{ found.stdout | from_json }}"}},
     ]
 
 
@@ -282,7 +283,6 @@ def result_task() -> dict:
     host, or None when it was left out, and the verticals that were not in service."""
     return {"name": RESULT,
             "ansible.builtin.debug": {"msg": {"activated": "{{ activated.stdout | default(none) }}",
-                                              "current": "{{ vgen_found.current }}",
                                               "stale": "{{ vgen_found.stale }}"}}}
 
 
@@ -351,7 +351,8 @@ def to_yaml(data) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000)
 
 
-def run(staged: list[Staged], inventory: Path, playbook: Path, check: bool = False, diff: bool = False) -> tuple[int, list[Outcome], str]:
+def run(staged: list[Staged], inventory: Path, playbook: Path,
+        check: bool = False, diff: bool = False) -> tuple[int, list[Outcome], str]:
     """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
     options = (["--check"] if check else []) + (["--diff"] if diff else [])
     status, output = _ansible_playbook(inventory, playbook, *options)
@@ -420,7 +421,7 @@ def _recap(output: str) -> str:
 
 def _results(output: str) -> dict[str, dict]:
     """What the RESULT task printed for each host: {"activated": vgen-activate's output
-    or None when it was left out, "current": slug -> release, "stale": [slug...]}."""
+    or None when it was left out, "stale": the verticals not in service before}."""
     results = {}
     decoder = json.JSONDecoder()
     for task in output.split(f"TASK [{RESULT}]")[1:]:
