@@ -114,7 +114,7 @@ def activate(slug: str, release: str) -> str:
     old, before = link_target(home / "current"), link_target(home / "previous")
     if old == release:
         systemctl("enable", "--now", f"{slug}.socket")
-        return f"{slug}: release {release} is already current; {NOTHING_CHANGED}"
+        return f"{slug}: {already_current(release)}"
     build_venv(home / "releases" / release)
     was_running = is_active(f"{slug}.service")
     since = time.time()
@@ -148,6 +148,10 @@ def activate(slug: str, release: str) -> str:
             raise roll_back(e, restart=True) from None
     state = "serving" if was_running else "ready (the socket starts it on the first connection)"
     return f"{slug}: release {release} {state}" + (f"; previous release {old}" if old else "")
+
+
+def already_current(release: str) -> str:
+    return f"release {release} is already current; {NOTHING_CHANGED}"
 
 
 def build_venv(release: Path) -> None:

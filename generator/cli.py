@@ -356,7 +356,7 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
         raise VgenError("no vertical to deploy on the chosen host")
     staged = deploying.stage(project, fleet, by_host)
     inventory, playbook = deploying.write_playbook(project, staged, batch)
-    status, outcomes, recap = deploying.run(project, staged, inventory, playbook, check=check, diff=diff)
+    status, outcomes, recap = deploying.run(staged, inventory, playbook, check=check, diff=diff)
     table = Table(show_edge=False, box=None, pad_edge=False)
     for column in ("host", "vertical", "release", "outcome"):
         table.add_column(column)

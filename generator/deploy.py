@@ -13,10 +13,14 @@ operations person can read, audit and rerun without vgen:
    time, ignored by git).
 3. ansible-playbook runs it: one host at a time (serial, --batch N for more), stopping at
    the first host that fails or cannot be reached (any_errors_fatal, max_fail_percentage
-   0), so the hosts after it are untouched. On each host: copy the bundle, unpack it
-   over / when it changed, create each vertical's settings file only when it is missing
-   (it is the admin's), then run vgen-activate, which switches each release, migrates,
-   checks /healthz and rolls a failing vertical back by itself (generator/activate.py).
+   0), so the hosts after it are untouched. On each host: one read-only look at what it
+   holds (PROBE: the bundle laid, the bundle a finished deploy put into service, each
+   vertical's current release and socket); copy the bundle and unpack it over / when it
+   is not laid yet, create each vertical's settings file only when it is missing (it is
+   the admin's), then run vgen-activate, which switches each release, migrates, checks
+   /healthz and rolls a failing vertical back by itself (generator/activate.py). A host
+   whose bundle is in service, every release current and every socket up, is left at
+   the look: vgen-activate would change nothing there.
 
 `--check` runs Ansible's check mode (nothing changes on any host); `--diff` adds which
 release each vertical would move from and to.
@@ -27,7 +31,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from . import activate as activating
 from . import install as installing
 from . import placement
 from .errors import VgenError
@@ -50,6 +57,8 @@ KEPT = ("etc/vgen/",)
 # changed file gets a new time (nginx's Last-Modified and ETag follow it) and an
 # unchanged one keeps its time.
 EPOCH = 1_700_000_000
+# The name of the task whose output tells vgen what happened on each host.
+RESULT = "What vgen-activate said"
 
 
 @dataclass
@@ -163,15 +172,13 @@ def _pack(root: Path, bundle: Path) -> None:
         gz.write(raw.getvalue())
 
 
-def host_vars(s: Staged, build: Path) -> dict:
+def host_vars(s: Staged) -> dict:
     """A staged host's inventory entry: how to reach it, and what its bundle brings."""
     return {
         **reach_vars(s.host),
         "vgen_bundle": str(s.bundle),
         "vgen_releases": " ".join(f"{slug}={release}" for slug, release in s.releases.items()),
-        "vgen_verticals": s.slugs,
         "vgen_settings": {slug: installing.settings_file(slug).decode() for slug in s.slugs},
-        "vgen_results": str(build / s.host.name / "activated.txt"),
     }
 
 
@@ -187,28 +194,83 @@ def reach_tasks() -> list[dict]:
         # An unreachable host would only be left out of the play; the rollout stops there.
         {"name": "Reach the host", "ansible.builtin.ping": None, "ignore_unreachable": True,
          "register": "reached"},
-        {"name": "Stop the rollout at a host that cannot be reached",
-         "ansible.builtin.fail": {"msg": "{{ inventory_hostname }} cannot be reached: {{ reached.msg | default('') }}"},
-         "when": "reached.unreachable | default(false)"},
+        _unreachable("reached"),
+    ]
+
+
+def _unreachable(registered: str) -> dict:
+    """Fail the play, by the host's name, when the task that registered `registered`
+    could not reach it."""
+    return {"name": "Stop the rollout at a host that cannot be reached",
+            "ansible.builtin.fail": {"msg": f"{{{{ inventory_hostname }}}} cannot be reached: "
+                                            f"{{{{ {registered}.msg | default('') }}}}"},
+            "when": f"{registered}.unreachable | default(false)"}
+
+
+# What a host holds of a deploy (vgen_bundle, vgen_releases), as JSON, in one round trip:
+# read-only, so it runs in check mode too. Run by the host's own python3.
+PROBE = r"""import json, os, subprocess, sys
+
+bundle, wanted = sys.argv[1], dict(arg.partition("=")[::2] for arg in sys.argv[2:])
+
+
+def current(slug):
+    try:
+        return os.readlink(f"/srv/vgen/{slug}/current").removeprefix("releases/")
+    except OSError:
+        return None
+
+
+def in_service():
+    try:
+        with open("/var/cache/vgen/in-service") as f:
+            return f.read().strip() == bundle
+    except OSError:
+        return False
+
+
+shown = subprocess.run(["systemctl", "show", "--property=Id,ActiveState,UnitFileState",
+                        *[f"{slug}.socket" for slug in wanted]], capture_output=True, text=True).stdout
+units = [dict(line.partition("=")[::2] for line in block.splitlines()) for block in shown.split("\n\n")]
+up = {unit.get("Id") for unit in units if unit.get("ActiveState") == "active" and unit.get("UnitFileState") == "enabled"}
+print(json.dumps({
+    "laid": os.path.exists(f"/var/cache/vgen/{bundle}.laid"),
+    "in_service": in_service(),
+    "no_settings": [slug for slug in wanted if not os.path.exists(f"/etc/vgen/{slug}.env")],
+    "stale": [slug for slug, release in wanted.items() if current(slug) != release or f"{slug}.socket" not in up],
+}))
+"""
+
+
+def probe_tasks() -> list[dict]:
+    """Reach the host and find what it holds already (vgen_found: PROBE's answer)."""
+    return [
+        {"name": "Reach the host and find what it holds already (the bundle laid, the releases in service)",
+         "ansible.builtin.command": {"cmd": "/usr/bin/python3 - {{ vgen_bundle | basename }} {{ vgen_releases }}",
+                                     "stdin": PROBE},
+         "ignore_unreachable": True, "register": "found", "changed_when": False, "check_mode": False},
+        _unreachable("found"),
+        {"name": "Remember what it holds", "ansible.builtin.set_fact": {"vgen_found": "{{ found.stdout | from_json }}"}},
     ]
 
 
 def lay_tasks() -> list[dict]:
-    """The tasks that reach a host and lay its bundle (vgen_bundle) under / once."""
+    """The tasks that reach a host and lay its bundle (vgen_bundle) under / once: a host
+    that has it laid already is left alone."""
+    laid = "vgen_found.laid"
     return [
-        *reach_tasks(),
+        *probe_tasks(),
         {"name": "A folder for the bundles",
-         "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"}},
-        {"name": "A folder for the settings files",
-         "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"}},
+         "ansible.builtin.file": {"path": "/var/cache/vgen", "state": "directory", "mode": "0700"},
+         "when": f"not {laid}"},
         {"name": "Ship the bundle (releases, wheelhouse, units, cron files, nginx sites)",
          "ansible.builtin.copy": {"src": "{{ vgen_bundle }}", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}",
-                                  "mode": "0600"}},
+                                  "mode": "0600"},
+         "when": f"not {laid}"},
         {"name": "Lay it under /",
          "ansible.builtin.unarchive": {"src": "/var/cache/vgen/{{ vgen_bundle | basename }}", "dest": "/",
-                                       "remote_src": True,
-                                       "creates": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid"},
-         "register": "unpacked", "when": "not ansible_check_mode"},
+                                       "remote_src": True},
+         "register": "unpacked", "when": f"not {laid} and not ansible_check_mode"},
         {"name": "Remember it is laid",
          "ansible.builtin.copy": {"content": "", "dest": "/var/cache/vgen/{{ vgen_bundle | basename }}.laid",
                                   "mode": "0600"},
@@ -216,14 +278,22 @@ def lay_tasks() -> list[dict]:
     ]
 
 
+def result_task() -> dict:
+    """The task whose output vgen reads (run() below): what vgen-activate said on the
+    host, or None when it was left out, and the verticals that were not in service."""
+    return {"name": RESULT,
+            "ansible.builtin.debug": {"msg": {"activated": "{{ activated.stdout | default(none) }}",
+                                              "stale": "{{ vgen_found.stale }}"}}}
+
+
 def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tuple[Path, Path]:
     """build/deploy/inventory.yml and playbook.yml for the staged hosts."""
     build = project.root / BUILD
     build.mkdir(parents=True, exist_ok=True)
-    hosts = {s.host.name: host_vars(s, build) for s in staged}
+    hosts = {s.host.name: host_vars(s) for s in staged}
     inventory = build / "inventory.yml"
     inventory.write_text("# Written by vgen deploy from hosts.toml and ports.toml; regenerated each time.\n"
-                         + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
+                         + to_yaml({"all": {"hosts": hosts}}))
     play = [{
         "name": "vgen deploy: lay each host's releases, then put them into service",
         "hosts": "all",
@@ -233,29 +303,27 @@ def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tu
         "gather_facts": False,
         "tasks": [
             *lay_tasks(),
-            # One round trip to list them, so that a deploy with every file in place
-            # loops over nothing.
-            {"name": "The settings files in place",
-             "ansible.builtin.shell": "ls /etc/vgen 2>/dev/null || true", "register": "settings_files",
-             "changed_when": False, "check_mode": False},
+            {"name": "A folder for the settings files",
+             "ansible.builtin.file": {"path": "/etc/vgen", "state": "directory", "mode": "0755"},
+             "when": "vgen_found.no_settings | length > 0"},
             {"name": "Each vertical's settings file, once (then it is the admin's)",
              "ansible.builtin.copy": {"content": "{{ vgen_settings[item] }}",
                                       "dest": "/etc/vgen/{{ item }}.env", "mode": "0600", "force": False},
-             "loop": "{{ vgen_verticals | reject('in', settings_files.stdout_lines | map('replace', '.env', '') "
-                     "| list) | list }}"},
-            {"name": "The releases in service now",
-             "ansible.builtin.shell": "for s in {{ vgen_verticals | join(' ') }}; do "
-                                      "echo \"$s $(readlink /srv/vgen/$s/current 2>/dev/null | sed 's|releases/||')\"; done",
-             "register": "before", "changed_when": False, "check_mode": False},
+             "loop": "{{ vgen_found.no_settings }}"},
+            # Left out on a host whose bundle was put into service by a deploy that
+            # finished, every release still current and every socket up: what
+            # vgen-activate would do there is nothing.
             {"name": "Put the new releases into service (health-gated; vgen-activate rolls back a failing one)",
              "ansible.builtin.command": "/usr/local/sbin/vgen-activate {{ vgen_releases }}",
              "register": "activated",
              "changed_when": "activated.stdout_lines | reject('search', 'nothing changed$') | list | length > 0",
-             "failed_when": False},
-            {"name": "Tell vgen what happened",
-             "ansible.builtin.copy": {"content": "{{ activated.stdout | default('') }}\n", "dest": "{{ vgen_results }}"},
-             "delegate_to": "localhost", "changed_when": False, "check_mode": False,
-             "when": "activated is defined and activated.stdout is defined"},
+             "failed_when": False,
+             "when": "vgen_found.stale | length > 0 or not vgen_found.in_service"},
+            {"name": "Remember the bundle is in service",
+             "ansible.builtin.copy": {"content": "{{ vgen_bundle | basename }}\n", "dest": "/var/cache/vgen/in-service",
+                                      "mode": "0600"},
+             "when": "activated is not skipped and activated.rc == 0"},
+            result_task(),
             {"name": "Stop the rollout when a vertical failed",
              "ansible.builtin.fail": {"msg": "{{ activated.stdout }}"},
              "when": "activated.rc is defined and activated.rc != 0"},
@@ -264,23 +332,41 @@ def write_playbook(project: Project, staged: list[Staged], batch: int = 1) -> tu
     playbook = build / "playbook.yml"
     playbook.write_text("# Written by vgen deploy; regenerated each time. Run it again with:\n"
                         f"#   ansible-playbook -i {inventory} {playbook}\n"
-                        + yaml.safe_dump(play, sort_keys=False, width=1000))
+                        + to_yaml(play))
     return inventory, playbook
 
 
-def run(project: Project, staged: list[Staged], inventory: Path, playbook: Path,
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+# Text of several lines (the probe's script, settings files) as a literal block, read as
+# it is written rather than as one quoted line of escapes.
+_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text.strip() else None))
+
+
+def to_yaml(data) -> str:
+    """The YAML of an inventory or playbook vgen writes: keys in the order given."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000)
+
+
+def run(staged: list[Staged], inventory: Path, playbook: Path,
         check: bool = False, diff: bool = False) -> tuple[int, list[Outcome], str]:
     """Run the playbook; (exit status, one outcome per vertical, Ansible's recap)."""
-    for s in staged:
-        (project.root / BUILD / s.host.name / "activated.txt").unlink(missing_ok=True)
     options = (["--check"] if check else []) + (["--diff"] if diff else [])
-    status, recap = ansible_playbook(inventory, playbook, *options)
+    status, output = _ansible_playbook(inventory, playbook, *options)
+    results = _results(output)
     outcomes = []
     for s in staged:
-        said = _said(project.root / BUILD / s.host.name / "activated.txt")
+        found = results.get(s.host.name)
+        said = _said(found.get("activated") or "") if found else {}
         for slug in s.slugs:
+            if slug not in said and found and slug not in found.get("stale", [slug]):
+                # vgen-activate was left out: the release was in service already.
+                said[slug] = activating.already_current(s.releases[slug])
             outcomes.append(Outcome(s.host.name, slug, s.releases[slug], said.get(slug, "not reached")))
-    return status, outcomes, recap
+    return status, outcomes, _recap(output)
 
 
 def ansible(program: str) -> str:
@@ -297,15 +383,29 @@ def ansible_env() -> dict[str, str]:
                 ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                 # One SSH round trip per task instead of several (hosts log in as root,
                 # so no sudo requiretty stands in the way).
-                ANSIBLE_PIPELINING=os.environ.get("ANSIBLE_PIPELINING", "True"))
+                ANSIBLE_PIPELINING=os.environ.get("ANSIBLE_PIPELINING", "True"),
+                # vgen reads the output: the recap, the failures, and RESULT's answers.
+                ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+                ANSIBLE_DISPLAY_OK_HOSTS="True")
 
 
 def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
     """Run ansible-playbook; (exit status, its recap preceded by the lines that say why
     a host failed or could not be reached)."""
+    status, output = _ansible_playbook(inventory, playbook, *options)
+    return status, _recap(output)
+
+
+def _ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
+    """Run ansible-playbook; (exit status, all it printed)."""
     command = [ansible("ansible-playbook"), "-i", str(inventory), str(playbook), *options]
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=ansible_env())
-    output = done.stdout + done.stderr
+    return done.returncode, done.stdout + done.stderr
+
+
+def _recap(output: str) -> str:
+    """Ansible's recap, preceded by the lines that say why a host failed or could not be
+    reached."""
     recap = output[output.find("PLAY RECAP"):].strip() if "PLAY RECAP" in output else output.strip()[-3000:]
     # Why a host failed or could not be reached: Ansible's own lines, before the recap.
     # (A result Ansible prints over several lines runs on to the next blank line.)
@@ -316,17 +416,29 @@ def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[in
             fatal.append(line[:2000])
     if fatal:
         recap = "\n".join(fatal) + "\n" + recap
-    return done.returncode, recap
+    return recap
 
 
-def _said(path: Path) -> dict[str, str]:
+def _results(output: str) -> dict[str, dict]:
+    """What the RESULT task printed for each host: {"activated": vgen-activate's output
+    or None when it was left out, "stale": the verticals not in service before}."""
+    results = {}
+    decoder = json.JSONDecoder()
+    for task in output.split(f"TASK [{RESULT}]")[1:]:
+        for match in re.finditer(r"^ok: \[([^\]\s]+)\] => ", task, re.M):
+            try:
+                printed, _ = decoder.raw_decode(task, match.end())
+            except ValueError:
+                continue
+            if isinstance(printed, dict) and isinstance(printed.get("msg"), dict):
+                results[match.group(1)] = printed["msg"]
+    return results
+
+
+def _said(output: str) -> dict[str, str]:
     """vgen-activate's line per vertical: slug -> what it said after the slug."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
     said = {}
-    for line in lines:
+    for line in output.splitlines():
         slug, sep, rest = line.partition(": ")
         if sep and slug and " " not in slug:
             said[slug] = rest

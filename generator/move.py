@@ -38,8 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from . import deploy, placement, ports
 from .errors import VgenError
 from .project import Project
@@ -142,7 +140,7 @@ def write_playbooks(build: Path, staged: deploy.Staged, source: placement.Host, 
     common = {"vgen_slug": slug, "vgen_port": port, "vgen_server_name": name, "vgen_carry": str(carry),
               "vgen_retired": retired}
     inventory.write_text(f"# Written by vgen move {slug} {target.name}; regenerated each time.\n"
-                         + yaml.safe_dump({"all": {"vars": common, "children": hosts}}, sort_keys=False))
+                         + deploy.to_yaml({"all": {"vars": common, "children": hosts}}))
     site = f"/etc/nginx/sites-enabled/{slug}.conf"
     moving = f"/etc/nginx/sites-available/{slug}.moving.conf"
     moving_link = f"/etc/nginx/sites-enabled/{slug}.moving.conf"
@@ -268,7 +266,7 @@ def write_playbooks(build: Path, staged: deploy.Staged, source: placement.Host, 
         path = paths[key] = build / f"{key}.yml"
         path.write_text(f"# Written by vgen move {slug} {target.name}; regenerated each time. Run it with:\n"
                         f"#   ansible-playbook -i {inventory} {path}\n"
-                        + yaml.safe_dump(plays, sort_keys=False, width=1000))
+                        + deploy.to_yaml(plays))
     return inventory, paths
 
 

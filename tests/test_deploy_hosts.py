@@ -111,12 +111,47 @@ def test_deploy_places_every_example_on_its_host(project_root, three_hosts):
     assert "PLAY RECAP" in result.output
 
 
+ACTIVATE_RAN = "root/vgen-activate-ran"
+
+
+def mark_activate_runs(hosts) -> None:
+    """Wrap each host's vgen-activate so that a run leaves a mark (ACTIVATE_RAN)."""
+    for host in hosts:
+        activate = host.root / "usr/local/sbin/vgen-activate"
+        os.replace(activate, activate.with_name("vgen-activate.real"))
+        activate.write_text(f'#!/bin/sh\ntouch /{ACTIVATE_RAN}\nexec /usr/local/sbin/vgen-activate.real "$@"\n')
+        activate.chmod(0o755)
+
+
+def unmark_activate_runs(hosts) -> None:
+    for host in hosts:
+        activate = host.root / "usr/local/sbin/vgen-activate"
+        os.replace(activate.with_name("vgen-activate.real"), activate)
+        (host.root / ACTIVATE_RAN).unlink(missing_ok=True)
+
+
 def test_a_second_deploy_changes_nothing(project_root, three_hosts):
-    result = deploy(project_root, "--all")
-    assert result.exit_code == 0, result.output
-    for name in three_hosts:
-        assert re.search(rf"^{name}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", result.output, re.M), result.output
-    assert result.output.count("is already current; nothing changed") == len(PLACEMENT)
+    mark_activate_runs(three_hosts.values())
+    try:
+        result = deploy(project_root, "--all")
+        assert result.exit_code == 0, result.output
+        for name in three_hosts:
+            assert re.search(rf"^{name}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", result.output, re.M), \
+                result.output
+        assert result.output.count("is already current; nothing changed") == len(PLACEMENT)
+        # Every release in service with its socket up: vgen-activate is left out.
+        assert [name for name, host in three_hosts.items() if (host.root / ACTIVATE_RAN).exists()] == []
+
+        # A socket someone stopped is not "in service": that host runs vgen-activate again.
+        three_hosts["web2"].run(["systemctl", "disable", "--now", "coachboard.socket"])
+        result = deploy(project_root, "--all")
+        assert result.exit_code == 0, result.output
+        assert [name for name, host in three_hosts.items() if (host.root / ACTIVATE_RAN).exists()] == ["web2"]
+        assert three_hosts["web2"].run(["systemctl", "is-enabled", "coachboard.socket"]).stdout.strip() == "enabled"
+        assert healthz(three_hosts["web2"], "coachboard") == 200
+        assert result.output.count("is already current; nothing changed") == len(PLACEMENT)
+    finally:
+        unmark_activate_runs(three_hosts.values())
 
 
 def change_every_app(root: Path, marker: str) -> None:
