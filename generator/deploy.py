@@ -22,8 +22,9 @@ operations person can read, audit and rerun without vgen:
    whose bundle is in service, every release current and every socket up, is left at
    the look: vgen-activate would change nothing there.
 
-`--check` runs Ansible's check mode (nothing changes on any host); `--diff` adds which
-release each vertical would move from and to.
+`--check` runs Ansible's check mode (nothing changes on any host): the look still runs,
+so each vertical that would be switched is named ("check mode: not activated");
+`--diff` adds Ansible's diffs of the files the playbook would write.
 """
 
 from __future__ import annotations
