@@ -81,7 +81,7 @@ def audit(url: str, form_factor: str, cookie: str | None = None, submit: bool = 
             args.append("--preset=desktop")
         if cookie:
             args.append("--extra-headers=" + json.dumps({"Cookie": cookie}))
-    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=TOOLS, timeout=300)
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=TOOLS, timeout=300, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"lighthouse failed on {url} ({form_factor}):\n{result.stderr[-3000:]}")
     lhr = json.loads(result.stdout)
@@ -120,8 +120,8 @@ def main(argv=None) -> None:
     parser.add_argument("--records", type=int, default=30, help="records per entity (default 30)")
     args = parser.parse_args(argv)
     slug, entity = "cheesemaking", "batches"
-    version = subprocess.run([str(LIGHTHOUSE), "--version"], capture_output=True, text=True).stdout.strip()
-    chrome = subprocess.run([CHROME, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([str(LIGHTHOUSE), "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    chrome = subprocess.run([CHROME, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     harness.header(f"scripts/bench lighthouse: {slug}, {args.records} records per entity")
     print(f"  Lighthouse {version}, {chrome}")
     with tempfile.TemporaryDirectory(prefix="vgen-bench-lighthouse-") as tmp:

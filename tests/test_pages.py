@@ -124,12 +124,12 @@ class Visitor:
     """One page per (size, scheme) context, all on the same address; visits a page in each
     and collects the problems found, with the page's name."""
 
-    def __init__(self, browser, base: str, slug: str):
+    def __init__(self, chromium, base: str, slug: str):
         self.contexts = {}
         self.pages = {}
         for size, viewport in SIZES.items():
             for scheme in SCHEMES:
-                context = browser.new_context(base_url=base, viewport=viewport, color_scheme=scheme)
+                context = chromium.new_context(base_url=base, viewport=viewport, color_scheme=scheme)
                 context.set_default_timeout(15_000)
                 self.contexts[size, scheme] = context
                 self.pages[size, scheme] = context.new_page()
