@@ -33,7 +33,7 @@ from generator.project import Project
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "apps", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis",
-    "test-artifacts", "build",
+    "test-artifacts", "build", "node_modules",
 )
 
 
@@ -207,3 +207,33 @@ def running(argv, log: Path, **kwargs):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_for_listening(log: Path, proc, timeout: float = 30) -> None:
+    """Our gunicorn bound the port (so the server we talk to is this test's app)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "Listening at:" in text:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"gunicorn did not start:\n{log.read_text()[-3000:] if log.exists() else ''}")
+
+
+@contextlib.contextmanager
+def served_example(project: Project, slug: str):
+    """An example vertical, generated and served by gunicorn on its registered port, for
+    the duration of the block; yields its base URL and its DATA_DIR (where its outbox is)."""
+    outcome = generate(project, [slug])[slug]
+    assert outcome.status == "created", outcome.message
+    app_dir = project.app_dir(slug)
+    port = port_of(project, slug)
+    wait_port_free(port)
+    with gunicorn(app_dir) as proc:
+        wait_for_listening(app_dir.parent / f"{app_dir.name}-gunicorn.log", proc)
+        base = f"http://127.0.0.1:{port}"
+        status, _ = wait_for(f"{base}/healthz")
+        assert status == 200
+        yield base, app_dir / "instance"

@@ -22,13 +22,12 @@ import io
 import os
 import re
 import sqlite3
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import ROOT, generate, gunicorn, mailed_link, port_of, wait_for, wait_port_free
+from conftest import ROOT, mailed_link, served_example
 
 pytestmark = pytest.mark.slow  # gunicorn and Chromium
 
@@ -66,34 +65,12 @@ def sync_playwright():
     return start()
 
 
-def wait_for_listening(log: Path, proc, timeout: float = 30) -> None:
-    """Our gunicorn bound the port (so the server we talk to is this test's app)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        if "Listening at:" in text:
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn did not start:\n{log.read_text()[-3000:] if log.exists() else ''}")
-
-
 @pytest.fixture
 def served_app(project):
     """The cheesemaking app, generated and served by gunicorn; yields its base URL and
     its DATA_DIR (where its outbox is)."""
-    outcome = generate(project, [SLUG])[SLUG]
-    assert outcome.status == "created", outcome.message
-    app_dir = project.app_dir(SLUG)
-    port = port_of(project, SLUG)
-    wait_port_free(port)
-    with gunicorn(app_dir) as proc:
-        wait_for_listening(app_dir.parent / f"{app_dir.name}-gunicorn.log", proc)
-        base = f"http://127.0.0.1:{port}"
-        status, _ = wait_for(f"{base}/healthz")
-        assert status == 200
-        yield base, app_dir / "instance"
+    with served_example(project, SLUG) as served:
+        yield served
 
 
 def expected_error(page, message) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, ROOT, app_env, generate, git, migrate
+from conftest import EXAMPLES, IGNORE, ROOT, app_env, generate, git, migrate
 from generator.project import Project
 
 pytestmark = pytest.mark.slow
@@ -92,8 +92,7 @@ def two_versions(tmp_path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "before teams")
     git(repo, "rm", "-rq", ".")
-    shutil.copytree(ROOT, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "apps", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", "test-artifacts", "build"))
+    shutil.copytree(ROOT, repo, dirs_exist_ok=True, ignore=IGNORE)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "teams, audit trail, import")
     return repo

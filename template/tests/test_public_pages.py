@@ -31,13 +31,20 @@ def test_canonical_links_use_the_base_url(app, client):
     assert "Sitemap: https://app.example.com/sitemap.xml" in client.get("/robots.txt").get_data(as_text=True)
 
 
-def test_robots_txt_lets_crawlers_see_only_the_public_pages(client):
+def test_robots_txt_keeps_crawlers_from_the_mailed_links_only(client):
     response = client.get("/robots.txt")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     lines = response.get_data(as_text=True).splitlines()
     assert lines[0] == "User-agent: *"
-    assert {"Allow: /$", "Allow: /signup", "Allow: /login", "Disallow: /"} <= set(lines)
+    assert [line for line in lines if line.startswith(("Allow", "Disallow"))] == [
+        "Disallow: /verify/", "Disallow: /reset/", "Disallow: /invite/"]
     assert "Sitemap: http://localhost/sitemap.xml" in lines
+
+
+def test_private_pages_send_crawlers_to_the_login(client):
+    """What keeps the pages behind the login out of search results: the redirect."""
+    response = client.get("/settings")
+    assert response.status_code in (302, 303) and "/login" in response.headers["Location"]
 
 
 def test_sitemap_lists_the_public_pages(client):
