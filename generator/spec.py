@@ -980,15 +980,21 @@ def pluralize(word: str) -> str:
     return word + "s"
 
 
+# Field names that hold a record's own name (default_title's second rule).
+OWN_NAMES = ("name", "title", "subject", "label")
+
+
 def default_title(fields: list[Field], label: str) -> tuple[tuple[str, str], ...]:
     """The title of an entity whose spec names none, the first rule that applies:
 
     1. a required unique string names the record on its own: "{code}";
-    2. a required unique integer, after the label: "Invoice {number}";
-    3. a date or datetime (a required one first), after the label: "Survey {surveyed_on}",
+    2. a required string called name or title (or subject, label): the record's own
+       name, "{title}";
+    3. a required unique integer, after the label: "Invoice {number}";
+    4. a date or datetime (a required one first), after the label: "Survey {surveyed_on}",
        so a record about an event is never named by a person's name it holds;
-    4. a string (a required one first): "{name}", for records such as people and places;
-    5. none: the label and the id, "Order #3".
+    5. a string (a required one first): "{surveyor}";
+    6. none: the label and the id, "Order #3".
     """
     def first(types, unique=False):
         found = [f for f in fields if f.type in types and (f.required and f.unique if unique else True)]
@@ -997,6 +1003,9 @@ def default_title(fields: list[Field], label: str) -> tuple[tuple[str, str], ...
 
     if (f := first(("string",), unique=True)) is not None:
         return (("field", f.name),)
+    named = [f for f in fields if f.type == "string" and f.required and f.name in OWN_NAMES]
+    if named:
+        return (("field", named[0].name),)
     if (f := first(("integer",), unique=True)) is not None:
         return (("text", label + " "), ("field", f.name))
     if (f := first(("date", "datetime"))) is not None:

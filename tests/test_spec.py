@@ -243,6 +243,14 @@ DEFAULT_TITLES = [
     # A required unique string names the record.
     ('{ name = "who", type = "string" },\n{ name = "code", type = "string", required = true, unique = true },\n{ name = "on", type = "date" }',
      (("field", "code"),)),
+    # Else a required string called name, title, subject or label: the record's own name,
+    # before a number or a date.
+    ('{ name = "who", type = "string" },\n{ name = "title", type = "string", required = true },\n{ name = "on", type = "date" }',
+     (("field", "title"),)),
+    ('{ name = "number", type = "integer", required = true, unique = true },\n{ name = "name", type = "string", required = true }',
+     (("field", "name"),)),
+    # ... but not an optional one.
+    ('{ name = "title", type = "string" },\n{ name = "on", type = "date" }', (("text", "Item "), ("field", "on"))),
     # Else a required unique integer, after the label.
     ('{ name = "who", type = "string" },\n{ name = "number", type = "integer", required = true, unique = true },\n{ name = "on", type = "date" }',
      (("text", "Item "), ("field", "number"))),
