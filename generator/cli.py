@@ -347,6 +347,7 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
     """Roll verticals out to the hosts of hosts.toml with Ansible: rolling, health-gated,
     rolled back on failure; the inventory and playbook are in build/deploy/."""
     from . import deploy as deploying
+    from . import move as moving
 
     if bool(slugs) == all_:
         raise click.UsageError("name one or more verticals, or pass --all")
@@ -356,6 +357,9 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
         raise VgenError("no vertical to deploy on the chosen host")
     staged = deploying.stage(project, fleet, by_host)
     inventory, playbook = deploying.write_playbook(project, staged, batch)
+    # A vertical in service on another host than hosts.toml's placement moves there first, with its data.
+    moved = moving.follow_placement(project, fleet, [slug for on_host in by_host.values() for slug in on_host],
+                                    check=check, say=lambda text: console.print(escape(text), soft_wrap=True))
     status, outcomes, recap = deploying.run(staged, inventory, playbook, check=check, diff=diff)
     table = Table(show_edge=False, box=None, pad_edge=False)
     for column in ("host", "vertical", "release", "outcome"):
@@ -365,6 +369,8 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
         shown = escape(o.outcome.splitlines()[0]) if o.outcome else "-"
         if check and o.outcome == "not reached":
             shown = "check mode: not activated"
+        if o.slug in moved:
+            shown = f"{'would move' if check else 'moved'} from {moved[o.slug].name}; {shown}"
         table.add_row(o.host, o.slug, o.release, f"[{style}]{shown}[/{style}]" if style else shown)
     console.print(table)
     console.print(escape(recap), soft_wrap=True)

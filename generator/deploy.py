@@ -390,6 +390,31 @@ def ansible_env() -> dict[str, str]:
                 ANSIBLE_DISPLAY_OK_HOSTS="True")
 
 
+def ad_hoc(hosts: dict[str, dict], module: str, args: str, build: Path, by: str) -> tuple[dict[str, dict], str]:
+    """Run one ad-hoc Ansible command on every host at once (hosts: name -> inventory
+    variables, written to build/inventory.yml); (each host's result, all Ansible
+    printed). A result has "unreachable" (and "msg") for a host that did not answer."""
+    build.mkdir(parents=True, exist_ok=True)
+    inventory = build / "inventory.yml"
+    inventory.write_text(f"# Written by {by} from hosts.toml; regenerated each time.\n"
+                         + to_yaml({"all": {"hosts": hosts}}))
+    # --tree (ansible-core's own tree callback): one JSON file per host with its result,
+    # unreachable or not.
+    tree = build / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    done = subprocess.run([ansible("ansible"), "all", "-i", str(inventory), "--forks", str(len(hosts)),
+                           "--tree", str(tree), "-m", module, "-a", args],
+                          capture_output=True, text=True, env=ansible_env(), check=False)
+    output = done.stdout + done.stderr
+    results = {}
+    for name in hosts:
+        try:
+            results[name] = json.loads((tree / name).read_text())
+        except (OSError, ValueError):
+            raise VgenError(f"ansible could not read {name}'s state:\n{output[-2000:]}") from None
+    return results, output
+
+
 def ansible_playbook(inventory: Path, playbook: Path, *options: str) -> tuple[int, str]:
     """Run ansible-playbook; (exit status, its recap preceded by the lines that say why
     a host failed or could not be reached)."""

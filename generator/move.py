@@ -25,6 +25,12 @@ run again without vgen:
    data folder and settings file are kept, as a safety copy, in
    /var/lib/vgen-retired/SLUG-TIME/ on that host: remove it once the move is trusted.
 
+`vgen deploy` moves a vertical the same way when hosts.toml was edited by hand: before
+its rollout, one read-only look at every host (in_service) finds the verticals in
+service on a host other than their placement, and each is carried there (carry, steps
+1, 2, 3 and 5). A vertical in service on two hosts, or one whose copy may be on a host
+that does not answer, stops the deploy before anything changes (misplaced).
+
 When step 1, 2 or 3 fails, undo.yml puts the old host back into service (its site,
 its socket) and takes the half-moved copy out of service on the new host; hosts.toml
 is unchanged. The files carried through build/move/SLUG/ are removed at the end.
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import deploy, placement, ports
-from .errors import VgenError
+from .errors import Problem, VgenError
 from .project import Project
 
 BUILD = Path("build/move")
@@ -90,6 +96,13 @@ def move(project: Project, slug: str, to: str, say=lambda text: None) -> Moved:
     """Move slug, with its data, to host `to`; raises VgenError (the old host serving
     again) when it cannot."""
     fleet, source, target = plan(project, slug, to)
+    return carry(project, fleet, slug, source, target, say)
+
+
+def carry(project: Project, fleet: placement.Fleet, slug: str, source: placement.Host, target: placement.Host,
+          say=lambda text: None) -> Moved:
+    """Steps 1 to 5 above: move slug, with its data, from source, where it is in
+    service, to target; raises VgenError (the old host serving again) when it cannot."""
     port = ports.load(project.ports_path).ports.get(slug)
     if port is None:
         raise VgenError(f"{slug} has no port in ports.toml: run `vgen generate {slug}` first")
@@ -113,8 +126,10 @@ def move(project: Project, slug: str, to: str, say=lambda text: None) -> Moved:
             raise VgenError(f"moving {slug} to {target.name} failed; hosts.toml is unchanged and {kept}. "
                             f"Ansible says:\n{recap}")
         restored = (carry / "restored.txt").read_text().strip()
-        placement.set_placement(project.hosts_path, slug, target.name)
-        say(f"{project.shown(project.hosts_path)}: {slug} placed on {target.name}; retiring it on {source.name} ...")
+        if fleet.host_of(slug).name != target.name:
+            placement.set_placement(project.hosts_path, slug, target.name)
+            say(f"{project.shown(project.hosts_path)}: {slug} placed on {target.name}")
+        say(f"Retiring {slug} on {source.name} ...")
         status, recap = deploy.ansible_playbook(inventory, playbooks["retire"])
         if status != 0:
             raise VgenError(f"{slug} moved to {target.name} and serves there, but retiring the old copy on "
@@ -123,6 +138,76 @@ def move(project: Project, slug: str, to: str, say=lambda text: None) -> Moved:
     finally:
         shutil.rmtree(carry, ignore_errors=True)  # customers' data and the app's secret key
     return Moved(slug, source, target, staged.releases[slug], restored, retired)
+
+
+def follow_placement(project: Project, fleet: placement.Fleet, slugs: list[str], check: bool = False,
+                     say=lambda text: None) -> dict[str, placement.Host]:
+    """Before a deploy of slugs: carry each one that is in service on a host other than
+    the one hosts.toml places it on there, with its data (nothing moves with check);
+    slug -> the host it was (or would be) moved from."""
+    found, unreachable = in_service(project, fleet, slugs)
+    moves = misplaced(fleet, slugs, found, unreachable, project.shown(project.hosts_path))
+    for slug, source in moves.items():
+        if check:
+            say(f"{slug} would move from {source.name} to {fleet.host_of(slug).name}, with its data")
+        else:
+            carry(project, fleet, slug, source, fleet.host_of(slug), say)
+    return moves
+
+
+# Where each vertical is in service, per host: its release is current there, or its
+# socket is enabled. Plain files, so it is one cheap look for many verticals.
+LOOK = ("for slug in {{ vgen_slugs }}; do "
+        "if [ -L /srv/vgen/$slug/current ] || [ -L /etc/systemd/system/sockets.target.wants/$slug.socket ]; "
+        "then echo $slug; fi; done")
+
+
+def in_service(project: Project, fleet: placement.Fleet, slugs: list[str]) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Which of slugs each host of hosts.toml has in service, read with one ad-hoc
+    Ansible command on every host at once (read-only; build/look/); and the hosts that
+    did not answer, with why."""
+    hosts = {name: {**deploy.reach_vars(host), "vgen_slugs": " ".join(slugs)} for name, host in fleet.hosts.items()}
+    results, _ = deploy.ad_hoc(hosts, "ansible.builtin.shell", LOOK, project.root / "build/look", by="vgen deploy")
+    found, unreachable = {}, {}
+    for name, result in results.items():
+        if result.get("unreachable") or "stdout" not in result:
+            unreachable[name] = (result.get("msg") or "no answer").strip().splitlines()[0]
+        else:
+            found[name] = set(result["stdout"].split()) & set(slugs)
+    return found, unreachable
+
+
+def misplaced(fleet: placement.Fleet, slugs: list[str], found: dict[str, set[str]], unreachable: dict[str, str],
+              shown: str = "hosts.toml") -> dict[str, placement.Host]:
+    """The verticals in service on a host other than the one hosts.toml places them on:
+    slug -> the host it is in service on (and its data lives on). Raises VgenError,
+    with a problem naming each such vertical (in `shown`, hosts.toml) and its hosts, when a vertical is in service on two hosts
+    or when where it lives cannot be told (a host did not answer)."""
+    moves, problems = {}, []
+    for slug in slugs:
+        placed = fleet.host_of(slug).name
+        on = [name for name in fleet.hosts if slug in found.get(name, ())]
+        elsewhere = [name for name in on if name != placed]
+        silent = [name for name in unreachable if name != placed]
+        if len(on) > 1:
+            problems.append(Problem(shown, f"[placement] {slug}",
+                                    f"in service on {' and '.join(on)}, placed on {placed}: keep one copy (merge "
+                                    "their data by hand) and retire the other before deploying it"))
+        elif elsewhere and placed in unreachable:
+            problems.append(Problem(shown, f"[placement] {slug}",
+                                    f"in service on {elsewhere[0]}, placed on {placed}, which cannot be reached "
+                                    f"({unreachable[placed]}): it cannot move there now"))
+        elif elsewhere:
+            moves[slug] = fleet.hosts[elsewhere[0]]
+        elif placed not in on and placed not in unreachable and silent:
+            problems.append(Problem(shown, f"[placement] {slug}",
+                                    f"not in service on {placed}, where it is placed, and {' and '.join(silent)} "
+                                    f"cannot be reached to tell whether it lives there, with its data "
+                                    f"({'; '.join(unreachable[name] for name in silent)})"))
+    if problems:
+        raise VgenError(f"vgen deploy changed nothing: {len(problems)} vertical{'s' if len(problems) != 1 else ''} "
+                        "cannot be rolled out where hosts.toml places them", problems)
+    return moves
 
 
 def write_playbooks(build: Path, staged: deploy.Staged, source: placement.Host, port: int, name: str,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -13,8 +12,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from . import answers, certs, gitrepo, placement, ports, render, spec
 from .errors import VgenError
@@ -179,24 +176,11 @@ def remote_service_states(fleet: placement.Fleet, slugs: list[str], build: Path)
             hosts[name] = {**deploy.reach_vars(fleet.hosts[name]), "vgen_units": units}
     if not hosts:
         return {}
-    build.mkdir(parents=True, exist_ok=True)
-    inventory = build / "inventory.yml"
-    inventory.write_text("# Written by vgen status from hosts.toml; regenerated each time.\n"
-                         + yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
-    # --tree (ansible-core's own tree callback): one JSON file per host with its result,
-    # unreachable or not.
-    tree = build / "tree"
-    shutil.rmtree(tree, ignore_errors=True)
-    done = subprocess.run([deploy.ansible("ansible"), "all", "-i", str(inventory), "--forks", str(len(hosts)),
-                           "--tree", str(tree), "-m", "ansible.builtin.command",
-                           "-a", "systemctl show --property=Id,ActiveState,Result,LoadState {{ vgen_units }}"],
-                          capture_output=True, text=True, env=deploy.ansible_env(), check=False)
+    results, _ = deploy.ad_hoc(hosts, "ansible.builtin.command",
+                               "systemctl show --property=Id,ActiveState,Result,LoadState {{ vgen_units }}",
+                               build, by="vgen status")
     states = {}
-    for name in hosts:
-        try:
-            result = json.loads((tree / name).read_text())
-        except (OSError, ValueError):
-            raise VgenError(f"ansible could not read {name}'s state:\n{(done.stdout + done.stderr)[-2000:]}") from None
+    for name, result in results.items():
         on_host = fleet.verticals_on(name, slugs)
         if result.get("unreachable") or "stdout" not in result:
             states.update({slug: "unreachable" for slug in on_host})

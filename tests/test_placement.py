@@ -106,3 +106,41 @@ def test_set_placement_keeps_comments_and_writes_atomically(tmp_path):
     fleet, problems = placement.load(path, SLUGS)
     assert problems == [] and fleet.host_of("honeybees").name == "web2"
     assert [p.name for p in tmp_path.iterdir()] == ["hosts.toml"]  # no temp file left
+
+
+def three_hosts_fleet() -> placement.Fleet:
+    hosts = {name: placement.Host(name, f"10.0.0.1{i}") for i, name in enumerate(("web1", "web2", "web3"), start=1)}
+    return placement.Fleet(hosts=hosts, default="web1", placement={"cheesemaking": "web2"})
+
+
+def test_a_vertical_in_service_elsewhere_than_its_placement_moves_from_there():
+    from generator.move import misplaced
+
+    fleet = three_hosts_fleet()
+    found = {"web1": {"cheesemaking", "honeybees"}, "web2": set(), "web3": {"shiftfill"}}
+    moves = misplaced(fleet, SLUGS, found, {})
+    assert {slug: host.name for slug, host in moves.items()} == {"cheesemaking": "web1", "shiftfill": "web3"}
+    # In service where it is placed, or nowhere yet (a first deploy): nothing moves.
+    assert misplaced(fleet, SLUGS, {"web1": {"honeybees"}, "web2": {"cheesemaking"}, "web3": set()}, {}) == {}
+    assert misplaced(fleet, SLUGS, {"web1": set(), "web2": set(), "web3": set()}, {}) == {}
+    # A host down that holds none of them, each found where it is placed: nothing to stop.
+    assert misplaced(fleet, ["cheesemaking"], {"web1": set(), "web2": {"cheesemaking"}}, {"web3": "no route"}) == {}
+
+
+@pytest.mark.parametrize("found, unreachable, message", [
+    ({"web1": {"cheesemaking"}, "web2": {"cheesemaking"}, "web3": set()}, {},
+     "[placement] cheesemaking: in service on web1 and web2, placed on web2: keep one copy"),
+    ({"web1": {"cheesemaking"}, "web3": set()}, {"web2": "Connection timed out"},
+     "[placement] cheesemaking: in service on web1, placed on web2, which cannot be reached (Connection timed out)"),
+    ({"web1": set(), "web2": set()}, {"web3": "No route to host"},
+     "[placement] cheesemaking: not in service on web2, where it is placed, and web3 cannot be reached to tell "
+     "whether it lives there, with its data (No route to host)"),
+])
+def test_a_vertical_in_two_places_or_behind_a_silent_host_stops_the_deploy(found, unreachable, message):
+    from generator.errors import VgenError
+    from generator.move import misplaced
+
+    with pytest.raises(VgenError) as e:
+        misplaced(three_hosts_fleet(), ["cheesemaking"], found, unreachable)
+    assert str(e.value).startswith("vgen deploy changed nothing: 1 vertical cannot be rolled out")
+    assert f"hosts.toml: {message}" in str(e.value)
