@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -408,3 +409,86 @@ def test_status_reads_each_host_over_ssh(project_root, three_hosts):
             assert rows[slug][-1] == "unreachable" and "unreachable" in rows[slug][:-1], rows[slug]
         else:
             assert rows[slug][-1] in ("active", "idle"), rows[slug]
+
+
+def placed_on(root: Path, slug: str) -> str:
+    return placement.load(root / "hosts.toml", EXAMPLES)[0].host_of(slug).name
+
+
+def test_a_placement_edited_by_hand_moves_the_vertical_with_its_data_on_deploy(project_root, three_hosts):
+    """cheesemaking, with records made through its forms where it lives, is placed on
+    another host by editing hosts.toml; `vgen deploy --all` carries it there, every row,
+    and the old host serves it no more. A vertical found in service on two hosts stops
+    the deploy before anything changes; --check moves nothing."""
+    assert deploy(project_root, "--all").exit_code == 0  # (run alone: the fleet's first rollout)
+    source = placed_on(project_root, "cheesemaking")  # web3 after the move test
+    target = "web1" if source != "web1" else "web2"
+    old, new = three_hosts[source], three_hosts[target]
+    b = browser(old, "cheesemaking")
+    try:
+        log_in(b)
+    except AssertionError:  # run alone: no account yet
+        sign_up(old, "cheesemaking")
+        log_in(b)
+    token = b.csrf("/aging-rooms/new")
+    for i in range(5):
+        assert add_room(b, token, f"Before the placement edit {i}")
+    before = table_rows(old, "/var/lib/cheesemaking/cheesemaking.db", slug="cheesemaking")
+    assert "Before the placement edit 4" in query(old, "cheesemaking", "SELECT name FROM aging_room")
+
+    # coachboard in service on web1 as well as on web2: the deploy stops, naming both, and changes nothing.
+    stray = three_hosts["web1"].root / "srv/vgen/coachboard"
+    stray.mkdir(parents=True)
+    (stray / "current").symlink_to("releases/0123456789ab")
+    try:
+        digests = {name: tree_digest(host) for name, host in three_hosts.items()}
+        result = deploy(project_root, "--all")
+        assert result.exit_code == 1, result.output
+        assert "vgen deploy changed nothing" in result.output, result.output
+        assert "[placement] coachboard: in service on web1 and web2, placed on web2" in result.output, result.output
+        assert {name: tree_digest(host) for name, host in three_hosts.items()} == digests
+    finally:
+        shutil.rmtree(stray)
+
+    hosts_toml = project_root / "hosts.toml"
+    text = hosts_toml.read_text()
+    assert f'cheesemaking = "{source}"' in text
+    hosts_toml.write_text(text.replace(f'cheesemaking = "{source}"', f'cheesemaking = "{target}"'))
+
+    # --check says what would move, and moves nothing.
+    digests = {name: tree_digest(host) for name, host in three_hosts.items()}
+    result = deploy(project_root, "--all", "--check")
+    assert result.exit_code == 0, result.output
+    assert f"cheesemaking would move from {source} to {target}" in result.output, result.output
+    assert re.search(rf"^\s*{target}\s+cheesemaking\s+[0-9a-f]{{12}}\s+would move from {source}", result.output, re.M), \
+        result.output
+    assert {name: tree_digest(host) for name, host in three_hosts.items()} == digests
+
+    result = deploy(project_root, "--all")
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"^\s*{target}\s+cheesemaking\s+[0-9a-f]{{12}}\s+moved from {source}", result.output, re.M), \
+        result.output
+    assert placed_on(project_root, "cheesemaking") == target
+    # Every row is on the new host.
+    after = table_rows(new, "/var/lib/cheesemaking/cheesemaking.db", slug="cheesemaking")
+    for table, rows in before.items():
+        assert set(rows) <= set(after[table]), (table, sorted(set(rows) - set(after[table]))[:5])
+    b = browser(new, "cheesemaking")
+    log_in(b)
+    status, _, page = b.request("GET", "/aging-rooms/?q=Before+the+placement+edit")
+    assert status == 200 and "Before the placement edit 4" in page
+    # The old host serves it no more; its neighbours there are untouched.
+    assert healthz(old, "cheesemaking") == 404
+    assert not os.path.lexists(old.root / "srv/vgen/cheesemaking")
+    assert not os.path.lexists(old.root / "etc/systemd/system/sockets.target.wants/cheesemaking.socket")
+    for slug, name in PLACEMENT.items():
+        if slug != "cheesemaking":
+            assert healthz(three_hosts[name], slug) == 200, slug
+
+    # A second deploy changes nothing and moves nothing.
+    result = deploy(project_root, "--all")
+    assert result.exit_code == 0, result.output
+    assert "moved from" not in result.output, result.output
+    for name in three_hosts:
+        assert re.search(rf"^{name}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", result.output, re.M), \
+            result.output
