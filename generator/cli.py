@@ -370,7 +370,9 @@ def deploy(ctx, slugs, all_, only_host, check, diff, batch, out):
         if check and o.outcome == "not reached":
             shown = "check mode: not activated"
         if o.slug in moved:
-            shown = f"{'would move' if check else 'moved'} from {moved[o.slug].name}; {shown}"
+            if style == "dim":  # the move put this very release into service
+                style, shown = "", f"release {o.release} in service"
+            shown = f"{'would move' if check else 'moved'} from {moved[o.slug].name}, with its data; {shown}"
         table.add_row(o.host, o.slug, o.release, f"[{style}]{shown}[/{style}]" if style else shown)
     console.print(table)
     console.print(escape(recap), soft_wrap=True)

@@ -4,6 +4,10 @@ vgen keeps the model (which vertical lives on which host, on which port) and wri
 plain inventory and playbook that ansible-playbook runs, so the rollout is something any
 operations person can read, audit and rerun without vgen:
 
+0. One read-only look at every host of hosts.toml finds the verticals in service on a
+   host other than their placement (a placement edited by hand); generator/move.py
+   carries each there, with its data, before the rollout (move.follow_placement, which
+   the CLI calls).
 1. For each host, `vgen install` lays its verticals under a staging root
    (build/deploy/HOST/root): releases, wheelhouse, units, cron files, nginx sites,
    vgen-activate. The tree is packed into one bundle whose bytes depend only on its
