@@ -7,8 +7,9 @@ scheme. The public pages are visited logged out; then the test signs up (the mai
 link), adds one record of each entity through its form (refs pointing at the records
 made before), and visits each page a customer sees: the dashboard, each entity's list
 (plain and with a filter applied), new form, form with its validation errors, record
-page, delete confirmation, import page and the preview of an imported file, the team, activity, settings and password
-pages, and a 404 page.
+page, edit form, delete confirmation, import page and the preview of an imported file,
+the team, activity, settings and password pages, and a 404 page. The same visit is made
+to tests/fixtures/wordy.toml, whose texts and values are long single words.
 
 On each page, in each context: axe-core (tests/browser-tools, evaluated in the page so
 its CSP does not apply) reports no violation (on desktop, light and dark); at 390 px
@@ -19,6 +20,7 @@ screenshot goes to test-artifacts/pages/<slug>/<page>-<size>-<scheme>.png.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.slow  # gunicorn and Chromium
 
 TOOLS = ROOT / "tests" / "browser-tools"
 AXE = TOOLS / "node_modules" / "axe-core" / "axe.min.js"
+WORDY = ROOT / "tests" / "fixtures" / "wordy.toml"
 SIZES = {"phone": PHONE, "desktop": DESKTOP}
 SCHEMES = ("light", "dark")
 EMAIL = "owner@example.com"
@@ -80,8 +83,8 @@ class Record:
     values: dict = field(default_factory=dict)
 
 
-def add_record(page, entity: spec.Entity, made: dict[str, Record]) -> Record:
-    """Fill in the entity's form with a valid value for each field, and save it."""
+def add_record(page, entity: spec.Entity, made: dict[str, Record], value=sample_value) -> Record:
+    """Fill in the entity's form with a valid value(field) for each field, and save it."""
     from playwright.sync_api import expect
 
     page.goto(f"/{entity.url}/new")
@@ -96,11 +99,11 @@ def add_record(page, entity: spec.Entity, made: dict[str, Record]) -> Record:
                 control.select_option(str(made[f.to].id))
                 values[f.name] = str(made[f.to].id)
         elif f.type == "choice":
-            control.select_option(sample_value(f))
-            values[f.name] = sample_value(f)
+            control.select_option(value(f))
+            values[f.name] = value(f)
         else:
-            control.fill(sample_value(f))
-            values[f.name] = sample_value(f)
+            control.fill(value(f))
+            values[f.name] = value(f)
     page.get_by_role("button", name="Save").click()
     expect(page.locator("p.flash")).to_contain_text(f"{entity.label} added.")
     return Record(int(re.search(r"/(\d+)$", page.url).group(1)), values)
@@ -225,7 +228,32 @@ def sign_up(page, data_dir):
 @pytest.mark.xdist_group("example-ports")
 @pytest.mark.parametrize("slug", EXAMPLES)
 def test_every_page_passes_axe_and_fits_a_phone(browser, project, slug):  # noqa: F811
-    vertical = spec.load_vertical(ROOT / "verticals" / f"{slug}.toml")
+    crawl(browser, project, slug, sample_value)
+
+
+def long_value(f: spec.Field):
+    """A valid form value as long as the field takes, in words no line can hold."""
+    return {
+        "string": ("W" * 400)[: f.max_length or 200],
+        "text": "T" * 300 + " " + "t" * 300,
+        "email": "x" * 60 + "@" + "e" * 60 + ".example.com",
+        "url": "https://example.com/" + "u" * 200,
+    }.get(f.type, sample_value(f))
+
+
+@pytest.mark.xdist_group("example-ports")
+def test_long_words_never_widen_a_page_past_a_phone(browser, project):  # noqa: F811
+    """A spec whose names, labels, units, choices and landing words are single long words,
+    filled with values as long as each field takes: every page still passes axe and fits
+    a 390 px phone."""
+    shutil.copy(WORDY, project.root / "verticals" / WORDY.name)
+    crawl(browser, project, WORDY.stem, long_value)
+
+
+def crawl(browser, project, slug: str, value):  # noqa: F811
+    """Visit every page of vertical `slug` (verticals/SLUG.toml of `project`), its records
+    filled in with value(field); assert that no page has a problem."""
+    vertical = spec.load_vertical(project.root / "verticals" / f"{slug}.toml")
     with served_example(project, slug) as (base, data_dir):
         visitor = Visitor(browser, base, slug)
         try:
@@ -238,7 +266,7 @@ def test_every_page_passes_axe_and_fits_a_phone(browser, project, slug):  # noqa
             sign_up(visitor.main, data_dir)
             made: dict[str, Record] = {}
             for entity in vertical.entities:
-                made[entity.name] = add_record(visitor.main, entity, made)
+                made[entity.name] = add_record(visitor.main, entity, made, value)
             visitor.share_login()
 
             visitor.visit("dashboard", "/")
@@ -250,6 +278,7 @@ def test_every_page_passes_axe_and_fits_a_phone(browser, project, slug):  # noqa
                 visitor.visit(f"{name}-new", f"/{entity.url}/new")
                 visitor.visit(f"{name}-new-errors", f"/{entity.url}/new", status=400, then=submit_empty)
                 visitor.visit(f"{name}-detail", f"/{entity.url}/{record.id}")
+                visitor.visit(f"{name}-edit", f"/{entity.url}/{record.id}/edit")
                 visitor.visit(f"{name}-delete", f"/{entity.url}/{record.id}/delete")
                 visitor.visit(f"{name}-import", f"/{entity.url}/import")
                 # 400 when a row cannot be imported (its unique values are taken): the
@@ -263,5 +292,5 @@ def test_every_page_passes_axe_and_fits_a_phone(browser, project, slug):  # noqa
             visitor.visit("not-found", "/no-such-page", status=404)
         finally:
             visitor.close()
-    assert len(visitor.visited) == 10 + 8 * len(vertical.entities)
+    assert len(visitor.visited) == 10 + 9 * len(vertical.entities)
     assert visitor.problems == [], f"{slug}:\n" + "\n".join(visitor.problems)
