@@ -9,7 +9,8 @@ made before), and visits each page a customer sees: the dashboard, each entity's
 (plain and with a filter applied), new form, form with its validation errors, record
 page, edit form, delete confirmation, import page and the preview of an imported file,
 the team, activity, settings and password pages, and a 404 page. The same visit is made
-to tests/fixtures/wordy.toml, whose texts and values are long single words.
+to tests/fixtures/wordy.toml, whose texts and values are long single words, and to a
+random valid spec (test_random_specs.py).
 
 On each page, in each context: axe-core (tests/browser-tools, evaluated in the page so
 its CSP does not apply) reports no violation (on desktop, light and dark); at 390 px
@@ -25,10 +26,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
-
-from conftest import EXAMPLES, ROOT, mailed_link, served_example
-from generator import spec
+from conftest import EXAMPLES, ROOT, mailed_link, served_example, write_spec
 from test_browser import ARTIFACTS, DESKTOP, PHONE, browser  # noqa: F401 (a fixture)
+from test_random_specs import FIRST as RANDOM_FIRST
+from test_random_specs import random_spec
+
+from generator import spec
 
 pytestmark = pytest.mark.slow  # gunicorn and Chromium
 
@@ -90,7 +93,7 @@ def add_record(page, entity: spec.Entity, made: dict[str, Record], value=sample_
     page.goto(f"/{entity.url}/new")
     values = {}
     for f in entity.fields:
-        control = page.locator(f"form [name='{f.attr}']")
+        control = page.locator(f"form [name='{f.name}']")
         if f.type == "boolean":
             control.check()
             values[f.name] = "1"
@@ -250,6 +253,15 @@ def test_long_words_never_widen_a_page_past_a_phone(browser, project):  # noqa: 
     crawl(browser, project, WORDY.stem, long_value)
 
 
+@pytest.mark.xdist_group("example-ports")
+def test_a_random_specs_pages_pass_axe_and_fit_a_phone(browser, project):  # noqa: F811
+    """The same visit to a random valid spec (test_random_specs.py's first seed): quotes,
+    markup, emoji and keywords in its names and labels, entities whose empty form saves."""
+    slug = f"rand{RANDOM_FIRST}"
+    write_spec(project, slug, random_spec(RANDOM_FIRST))
+    crawl(browser, project, slug, sample_value)
+
+
 def crawl(browser, project, slug: str, value):  # noqa: F811
     """Visit every page of vertical `slug` (verticals/SLUG.toml of `project`), its records
     filled in with value(field); assert that no page has a problem."""
@@ -276,7 +288,10 @@ def crawl(browser, project, slug: str, value):  # noqa: F811
                 visitor.visit(f"{name}-list", f"/{entity.url}/")
                 visitor.visit(f"{name}-list-filtered", filtered(entity, record))
                 visitor.visit(f"{name}-new", f"/{entity.url}/new")
-                visitor.visit(f"{name}-new-errors", f"/{entity.url}/new", status=400, then=submit_empty)
+                # An entity whose every field may be left as the form starts saves it (302).
+                starts_valid = not any(f.required and f.default is None for f in entity.fields)
+                visitor.visit(f"{name}-new-errors", f"/{entity.url}/new", status=302 if starts_valid else 400,
+                              then=submit_empty)
                 visitor.visit(f"{name}-detail", f"/{entity.url}/{record.id}")
                 visitor.visit(f"{name}-edit", f"/{entity.url}/{record.id}/edit")
                 visitor.visit(f"{name}-delete", f"/{entity.url}/{record.id}/delete")
