@@ -309,3 +309,45 @@ def crawl(browser, project, slug: str, value):  # noqa: F811
             visitor.close()
     assert len(visitor.visited) == 10 + 9 * len(vertical.entities)
     assert visitor.problems == [], f"{slug}:\n" + "\n".join(visitor.problems)
+
+
+# Fifteen entities: more sections than one line of the header holds.
+MANY = ["customer", "supplier", "invoice", "payment", "product", "warehouse", "shipment", "employee",
+        "contract", "meeting", "complaint", "appointment", "vehicle", "equipment", "certificate"]
+
+# Where each section link of the header lies, against the window and the list it is in:
+# a link hidden past the edge of the window, or clipped by the list, is listed.
+HIDDEN_SECTIONS = """() => {
+  const list = document.querySelector("nav.top ul.sections").getBoundingClientRect();
+  return [...document.querySelectorAll("nav.top ul.sections a")].filter((a) => {
+    const box = a.getBoundingClientRect();
+    return box.width === 0 || box.left < 0 || box.right > window.innerWidth
+      || box.left < list.left - 1 || box.right > list.right + 1 || box.bottom > list.bottom + 1;
+  }).map((a) => a.textContent.trim());
+}"""
+
+
+@pytest.mark.xdist_group("example-ports")
+def test_every_section_shows_in_the_header_however_many(browser, project):  # noqa: F811
+    """With fifteen entities, every section link lies inside the window on a desktop (the
+    sections wrap onto a second line) and inside the open menu on a phone."""
+    write_spec(project, "many", "\n".join(
+        ['slug = "many"', 'name = "Many"']
+        + [f'[[entities]]\nname = "{name}"\nfields = [{{ name = "name", type = "string", required = true }}]'
+           for name in MANY]))
+    with served_example(project, "many") as (base, data_dir):
+        for size in ("desktop", "phone"):  # signed up on the desktop, its cookies on the phone
+            context = browser.new_context(base_url=base, viewport=SIZES[size])
+            try:
+                page = context.new_page()
+                if size == "desktop":
+                    sign_up(page, data_dir)
+                    cookies = context.cookies()
+                else:
+                    context.add_cookies(cookies)
+                    page.goto("/")
+                    page.get_by_text("Menu", exact=True).click()
+                assert page.locator("nav.top ul.sections a").count() == len(MANY)
+                assert page.evaluate(HIDDEN_SECTIONS) == [], size
+            finally:
+                context.close()
